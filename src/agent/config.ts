@@ -1,0 +1,301 @@
+// The config loader: defaults < config file < environment < CLI flags, validated once and frozen.
+import { readFileSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { resolve } from 'node:path';
+import { parse as parseYaml } from 'yaml';
+import type { ServiceSpec } from '../sdk/wire.ts';
+import { InvalidConfigError } from './errors.ts';
+import { compile, formatErrors, serviceSpecSchema, SERVICE_NAME_PATTERN } from './schemas.ts';
+
+export interface ListenAddress {
+  host: string;
+  port: number;
+}
+
+export interface Config {
+  consul: {
+    /** Base URL of the local Consul agent's HTTP API, e.g. `http://127.0.0.1:8500`. */
+    address: string;
+    token?: string;
+    tokenFile?: string;
+    datacenter?: string;
+    requestTimeoutMs: number;
+  };
+  node: { name: string; advertiseAddress?: string };
+  proxy: { listen: string };
+  api: { listen: string };
+  stateDir: string;
+  services: ServiceSpec[];
+  upstreams: string[];
+  registration: {
+    /** How often the sidecar compares its registrations with the agent's and re-registers what is missing. */
+    syncIntervalMs: number;
+    /** Time between maintenance-on and deregistration on a graceful removal. */
+    drainMs: number;
+    checkIntervalMs: number;
+    checkTimeoutMs: number;
+    ttlMs: number;
+  };
+  watch: { waitMs: number; idleMs: number; firstAnswerTimeoutMs: number; maxBackoffMs: number };
+  shutdownTimeoutMs: number;
+  log: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent' };
+}
+
+export type DeepReadonly<T> = T extends (infer U)[] ? readonly DeepReadonly<U>[] : T extends object ? { readonly [K in keyof T]: DeepReadonly<T[K]> } : T;
+export type FrozenConfig = DeepReadonly<Config>;
+
+const LISTEN_PATTERN = '^(\\[[0-9a-fA-F:.]+\\]|[A-Za-z0-9.-]+):([0-9]{1,5})$';
+const ms = (min: number, max: number) => ({ type: 'integer', minimum: min, maximum: max });
+
+export const configSchema = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['consul', 'node', 'proxy', 'api', 'stateDir', 'services', 'upstreams', 'registration', 'watch', 'shutdownTimeoutMs', 'log'],
+  properties: {
+    consul: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['address', 'requestTimeoutMs'],
+      properties: {
+        address: { type: 'string', pattern: '^https?://[^\\s/]+/?$', description: 'an http(s) URL such as http://127.0.0.1:8500' },
+        token: { type: 'string', minLength: 1 },
+        tokenFile: { type: 'string', minLength: 1 },
+        datacenter: { type: 'string', pattern: '^[A-Za-z0-9_-]+$', description: 'a datacenter name' },
+        requestTimeoutMs: ms(100, 600_000),
+      },
+    },
+    node: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['name'],
+      properties: {
+        name: { type: 'string', pattern: '^[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,126}[A-Za-z0-9])?$', description: 'a node name: letters, digits, _ . -' },
+        advertiseAddress: { type: 'string', pattern: '^[^\\s/]+$', minLength: 1, description: 'a host name or IP address' },
+      },
+    },
+    proxy: { type: 'object', additionalProperties: false, required: ['listen'], properties: { listen: { type: 'string', pattern: LISTEN_PATTERN, description: 'host:port' } } },
+    api: { type: 'object', additionalProperties: false, required: ['listen'], properties: { listen: { type: 'string', pattern: LISTEN_PATTERN, description: 'host:port' } } },
+    stateDir: { type: 'string', minLength: 1 },
+    services: { type: 'array', items: serviceSpecSchema, maxItems: 1000 },
+    upstreams: { type: 'array', items: { type: 'string', pattern: SERVICE_NAME_PATTERN, description: 'a service name' }, maxItems: 1000 },
+    registration: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['syncIntervalMs', 'drainMs', 'checkIntervalMs', 'checkTimeoutMs', 'ttlMs'],
+      properties: {
+        syncIntervalMs: ms(100, 600_000),
+        drainMs: ms(0, 600_000),
+        checkIntervalMs: ms(100, 3_600_000),
+        checkTimeoutMs: ms(100, 600_000),
+        ttlMs: ms(1000, 86_400_000),
+      },
+    },
+    watch: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['waitMs', 'idleMs', 'firstAnswerTimeoutMs', 'maxBackoffMs'],
+      properties: {
+        waitMs: ms(1000, 600_000),
+        idleMs: ms(1000, 86_400_000),
+        firstAnswerTimeoutMs: ms(10, 60_000),
+        maxBackoffMs: ms(100, 600_000),
+      },
+    },
+    shutdownTimeoutMs: ms(0, 600_000),
+    log: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['level'],
+      properties: { level: { enum: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] } },
+    },
+  },
+} as const;
+
+const validateConfig = compile(configSchema);
+
+function defaults(): Config {
+  return {
+    consul: { address: 'http://127.0.0.1:8500', requestTimeoutMs: 5000 },
+    node: { name: hostname() },
+    proxy: { listen: '127.0.0.1:7700' },
+    api: { listen: '127.0.0.1:7701' },
+    stateDir: '.tandem',
+    services: [],
+    upstreams: [],
+    registration: { syncIntervalMs: 2000, drainMs: 2000, checkIntervalMs: 10_000, checkTimeoutMs: 5000, ttlMs: 30_000 },
+    watch: { waitMs: 55_000, idleMs: 300_000, firstAnswerTimeoutMs: 2000, maxBackoffMs: 10_000 },
+    shutdownTimeoutMs: 15_000,
+    log: { level: 'info' },
+  };
+}
+
+/** Every flag `tandem start` accepts, with the config path it sets (or a special meaning). */
+export const FLAGS: readonly { flag: string; path: string; arg: string; help: string }[] = [
+  { flag: '--config', path: '', arg: 'FILE', help: 'config file, JSON or YAML (also TANDEM_CONFIG)' },
+  { flag: '--consul', path: 'consul.address', arg: 'URL', help: 'Consul HTTP API address (also CONSUL_HTTP_ADDR); default http://127.0.0.1:8500' },
+  { flag: '--consul-token-file', path: 'consul.tokenFile', arg: 'FILE', help: 'file holding the Consul ACL token (also CONSUL_HTTP_TOKEN_FILE; CONSUL_HTTP_TOKEN for the token itself)' },
+  { flag: '--datacenter', path: 'consul.datacenter', arg: 'DC', help: 'Consul datacenter (also TANDEM_DATACENTER)' },
+  { flag: '--node-name', path: 'node.name', arg: 'NAME', help: 'node name used in service ids and Meta.tandem_node (also TANDEM_NODE_NAME); default: the host name' },
+  { flag: '--advertise', path: 'node.advertiseAddress', arg: 'ADDR', help: "address services are registered with (also TANDEM_ADVERTISE_ADDRESS); default: the local Consul agent's" },
+  { flag: '--proxy', path: 'proxy.listen', arg: 'HOST:PORT', help: 'proxy listen address (also TANDEM_PROXY); default 127.0.0.1:7700' },
+  { flag: '--api', path: 'api.listen', arg: 'HOST:PORT', help: 'control API listen address (also TANDEM_API); default 127.0.0.1:7701' },
+  { flag: '--state-dir', path: 'stateDir', arg: 'DIR', help: 'where registrations and the last catalog view are kept (also TANDEM_STATE_DIR); default ./.tandem' },
+  { flag: '--log-level', path: 'log.level', arg: 'LEVEL', help: 'fatal|error|warn|info|debug|trace|silent (also TANDEM_LOG_LEVEL); default info' },
+  { flag: '--set', path: '', arg: 'PATH=VALUE', help: 'set any config key, e.g. --set registration.drainMs=500 (VALUE is JSON if it parses, else a string); repeatable' },
+];
+
+const ENV: readonly { name: string; path: string }[] = [
+  { name: 'CONSUL_HTTP_ADDR', path: 'consul.address' },
+  { name: 'CONSUL_HTTP_TOKEN', path: 'consul.token' },
+  { name: 'CONSUL_HTTP_TOKEN_FILE', path: 'consul.tokenFile' },
+  { name: 'TANDEM_DATACENTER', path: 'consul.datacenter' },
+  { name: 'TANDEM_NODE_NAME', path: 'node.name' },
+  { name: 'TANDEM_ADVERTISE_ADDRESS', path: 'node.advertiseAddress' },
+  { name: 'TANDEM_PROXY', path: 'proxy.listen' },
+  { name: 'TANDEM_API', path: 'api.listen' },
+  { name: 'TANDEM_STATE_DIR', path: 'stateDir' },
+  { name: 'TANDEM_LOG_LEVEL', path: 'log.level' },
+];
+
+type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
+type JsonObject = { [key: string]: Json };
+
+function isObject(v: unknown): v is JsonObject {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** Objects merge key by key; anything else (arrays included) replaces. */
+function merge(base: JsonObject, over: JsonObject): JsonObject {
+  const out: JsonObject = { ...base };
+  for (const [k, v] of Object.entries(over)) {
+    const b = out[k];
+    out[k] = isObject(b) && isObject(v) ? merge(b, v) : v;
+  }
+  return out;
+}
+
+function setPath(target: JsonObject, path: string, value: Json): void {
+  const keys = path.split('.');
+  let cur = target;
+  for (const key of keys.slice(0, -1)) {
+    const next = cur[key];
+    if (!isObject(next)) cur[key] = {};
+    cur = cur[key] as JsonObject;
+  }
+  cur[keys[keys.length - 1] as string] = value;
+}
+
+function deepFreeze<T>(v: T): T {
+  if (typeof v === 'object' && v !== null) {
+    for (const child of Object.values(v)) deepFreeze(child);
+    Object.freeze(v);
+  }
+  return v;
+}
+
+/** CONSUL_HTTP_ADDR may omit the scheme (`127.0.0.1:8500`), as the consul CLI allows. */
+function normalizeConsulAddress(v: string): string {
+  const withScheme = /^[a-z]+:\/\//i.test(v) ? v : `http://${v}`;
+  return withScheme.replace(/\/+$/, '');
+}
+
+function parseFlagValue(raw: string): Json {
+  try {
+    return JSON.parse(raw) as Json;
+  } catch {
+    return raw;
+  }
+}
+
+export interface LoadOptions {
+  argv: readonly string[];
+  env?: Readonly<Record<string, string | undefined>>;
+  cwd?: string;
+}
+
+/**
+ * Builds the config from its four layers, validates it once and returns it frozen.
+ * Throws InvalidConfigError listing every violation (with its path) at once.
+ */
+export function loadConfig(opts: LoadOptions): FrozenConfig {
+  const env = opts.env ?? process.env;
+  const cwd = opts.cwd ?? process.cwd();
+  const problems: string[] = [];
+
+  // Flags first (they name the file), applied last.
+  const flagLayer: JsonObject = {};
+  let configFile = env['TANDEM_CONFIG'];
+  const argv = [...opts.argv];
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i] as string;
+    const eq = arg.indexOf('=');
+    const name = arg.startsWith('--') && eq > 0 ? arg.slice(0, eq) : arg;
+    const spec = FLAGS.find((f) => f.flag === name);
+    if (!spec) {
+      problems.push(`flag ${arg}: unknown flag (see tandem start --help)`);
+      continue;
+    }
+    const value = eq > 0 && arg.startsWith('--') ? arg.slice(eq + 1) : argv[++i];
+    if (value === undefined) {
+      problems.push(`flag ${name}: needs a value (${spec.arg})`);
+      continue;
+    }
+    if (spec.flag === '--config') configFile = value;
+    else if (spec.flag === '--set') {
+      const at = value.indexOf('=');
+      if (at <= 0) problems.push(`flag --set ${value}: expected PATH=VALUE`);
+      else setPath(flagLayer, value.slice(0, at), parseFlagValue(value.slice(at + 1)));
+    } else setPath(flagLayer, spec.path, spec.path === 'consul.address' ? normalizeConsulAddress(value) : value);
+  }
+
+  let fileLayer: JsonObject = {};
+  if (configFile) {
+    const path = resolve(cwd, configFile);
+    try {
+      const text = readFileSync(path, 'utf8');
+      const parsed: unknown = /\.json$/i.test(path) ? JSON.parse(text) : parseYaml(text);
+      if (parsed === null || parsed === undefined) fileLayer = {};
+      else if (isObject(parsed)) fileLayer = parsed;
+      else problems.push(`config file ${path}: must hold an object at the top level`);
+    } catch (err) {
+      problems.push(`config file ${path}: ${err instanceof Error ? err.message.split('\n')[0] : String(err)}`);
+    }
+  }
+
+  const envLayer: JsonObject = {};
+  for (const { name, path } of ENV) {
+    const v = env[name];
+    if (v !== undefined && v !== '') setPath(envLayer, path, name === 'CONSUL_HTTP_ADDR' ? normalizeConsulAddress(v) : v);
+  }
+
+  const merged = merge(merge(merge(defaults() as unknown as JsonObject, fileLayer), envLayer), flagLayer);
+  if (isObject(merged['consul']) && typeof merged['consul']['address'] === 'string') {
+    merged['consul']['address'] = normalizeConsulAddress(merged['consul']['address']);
+  }
+  if (!validateConfig(merged)) problems.push(...formatErrors(validateConfig.errors, 'config'));
+  if (problems.length > 0) throw new InvalidConfigError(problems);
+
+  const config = merged as unknown as Config;
+  config.stateDir = resolve(cwd, config.stateDir);
+  if (config.consul.tokenFile && config.consul.token === undefined) {
+    try {
+      config.consul.token = readFileSync(resolve(cwd, config.consul.tokenFile), 'utf8').trim();
+    } catch (err) {
+      throw new InvalidConfigError([`config/consul/tokenFile: cannot read ${config.consul.tokenFile} (${(err as NodeJS.ErrnoException).code ?? 'error'})`]);
+    }
+  }
+  const ids = new Set<string>();
+  for (const [i, s] of config.services.entries()) {
+    const id = s.id ?? `${s.name}-${config.node.name}-${s.port}`;
+    if (ids.has(id)) problems.push(`config/services/${i}: duplicate service id '${id}'`);
+    ids.add(id);
+  }
+  if (problems.length > 0) throw new InvalidConfigError(problems);
+  return deepFreeze(config);
+}
+
+/** `host:port` (or `[v6]:port`) → parts; the schema has checked the shape. */
+export function parseListen(listen: string): ListenAddress {
+  const at = listen.lastIndexOf(':');
+  return { host: listen.slice(0, at).replace(/^\[|\]$/g, ''), port: Number(listen.slice(at + 1)) };
+}

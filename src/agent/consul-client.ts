@@ -1,0 +1,257 @@
+// A typed wrapper around node-consul: the only module that talks to Consul, and where its errors get our codes.
+import { EventEmitter } from 'node:events';
+import Consul from 'consul';
+import { ConsulPermissionError, ConsulRejectedError, ConsulUnavailableError, TandemError } from './errors.ts';
+
+/** What Consul's `/v1/agent/service/register` takes (the subset Tandem sends). */
+export interface ConsulServiceDefinition {
+  ID: string;
+  Name: string;
+  Tags: string[];
+  Address: string;
+  Port: number;
+  Meta: Record<string, string>;
+  Check: ConsulCheckDefinition;
+}
+
+export interface ConsulCheckDefinition {
+  Name: string;
+  Notes?: string;
+  HTTP?: string;
+  TCP?: string;
+  TTL?: string;
+  Interval?: string;
+  Timeout?: string;
+  Status?: 'passing' | 'warning' | 'critical';
+}
+
+export interface AgentSelf {
+  nodeName: string;
+  advertiseAddress: string;
+  datacenter: string;
+  version: string;
+}
+
+export interface LocalService {
+  id: string;
+  name: string;
+  port: number;
+  meta: Record<string, string>;
+  tags: string[];
+}
+
+export interface LocalCheck {
+  checkId: string;
+  serviceId: string;
+  name: string;
+  status: 'passing' | 'warning' | 'critical';
+  output: string;
+}
+
+/** One instance from `/v1/health/service/<name>`. */
+export interface HealthEntry {
+  node: string;
+  nodeAddress: string;
+  id: string;
+  name: string;
+  address: string;
+  port: number;
+  tags: string[];
+  meta: Record<string, string>;
+  /** Worst status among the instance's checks (node checks included). */
+  status: 'passing' | 'warning' | 'critical';
+}
+
+export interface BlockingResult<T> {
+  index: number;
+  knownLeader: boolean;
+  lastContactMs: number;
+  value: T;
+}
+
+export interface ConsulClientOptions {
+  /** Base URL, e.g. `http://127.0.0.1:8500`. */
+  address: string;
+  token?: string | undefined;
+  datacenter?: string | undefined;
+  requestTimeoutMs: number;
+}
+
+interface RawResponse {
+  statusCode: number;
+  headers: Record<string, string | undefined>;
+}
+type RawOpts = Record<string, unknown>;
+type RawCall = (opts: RawOpts) => Promise<unknown>;
+/** The part of node-consul's surface we use; its own typings leave most of it as `any`. */
+interface RawConsul {
+  agent: { self: RawCall; service: { register: RawCall; deregister: RawCall; maintenance: RawCall; list: RawCall }; check: { pass: RawCall; list: RawCall } };
+  health: { service: RawCall };
+  destroy(): void;
+}
+
+const STATUS_RANK = { passing: 0, warning: 1, critical: 2 } as const;
+type CheckStatus = keyof typeof STATUS_RANK;
+
+function asStatus(v: unknown): CheckStatus {
+  return v === 'passing' || v === 'warning' ? v : 'critical';
+}
+
+/** Consul's duration syntax. */
+export function consulDuration(ms: number): string {
+  return ms % 1000 === 0 ? `${ms / 1000}s` : `${ms}ms`;
+}
+
+export class ConsulClient {
+  readonly address: string;
+  #raw: RawConsul;
+  #requestTimeoutMs: number;
+
+  constructor(opts: ConsulClientOptions) {
+    const url = new URL(opts.address);
+    this.address = url.origin;
+    this.#requestTimeoutMs = opts.requestTimeoutMs;
+    const defaults: Record<string, string> = {};
+    // The token goes only into this header default; it is never logged or put in an error.
+    if (opts.token) defaults['token'] = opts.token;
+    if (opts.datacenter) defaults['dc'] = opts.datacenter;
+    this.#raw = new Consul({
+      host: url.hostname.replace(/^\[|\]$/g, ''),
+      port: Number(url.port || (url.protocol === 'https:' ? 443 : 80)),
+      secure: url.protocol === 'https:',
+      defaults,
+    }) as unknown as RawConsul;
+  }
+
+  close(): void {
+    this.#raw.destroy();
+  }
+
+  async agentSelf(): Promise<AgentSelf> {
+    const body = (await this.#call('read the agent configuration', () => this.#raw.agent.self({ timeout: this.#requestTimeoutMs }))) as {
+      Config?: { NodeName?: string; AdvertiseAddr?: string; Datacenter?: string; Version?: string };
+      Member?: { Addr?: string };
+    };
+    return {
+      nodeName: body.Config?.NodeName ?? '',
+      advertiseAddress: body.Config?.AdvertiseAddr ?? body.Member?.Addr ?? '127.0.0.1',
+      datacenter: body.Config?.Datacenter ?? '',
+      version: body.Config?.Version ?? '',
+    };
+  }
+
+  async registerService(def: ConsulServiceDefinition): Promise<void> {
+    await this.#call(`register service '${def.ID}'`, () => this.#raw.agent.service.register({ ...def, timeout: this.#requestTimeoutMs }));
+  }
+
+  async deregisterService(id: string): Promise<void> {
+    await this.#call(`deregister service '${id}'`, () => this.#raw.agent.service.deregister({ id, timeout: this.#requestTimeoutMs }));
+  }
+
+  async setMaintenance(id: string, enable: boolean, reason?: string): Promise<void> {
+    const opts: RawOpts = { id, enable, timeout: this.#requestTimeoutMs };
+    if (reason) opts['reason'] = reason;
+    await this.#call(`${enable ? 'enable' : 'disable'} maintenance of '${id}'`, () => this.#raw.agent.service.maintenance(opts));
+  }
+
+  async passCheck(checkId: string, note?: string): Promise<void> {
+    const opts: RawOpts = { id: checkId, timeout: this.#requestTimeoutMs };
+    if (note) opts['note'] = note;
+    await this.#call(`pass check '${checkId}'`, () => this.#raw.agent.check.pass(opts));
+  }
+
+  async localServices(): Promise<Map<string, LocalService>> {
+    const body = (await this.#call('list the agent services', () => this.#raw.agent.service.list({ timeout: this.#requestTimeoutMs }))) as Record<
+      string,
+      { ID: string; Service: string; Port: number; Meta?: Record<string, string> | null; Tags?: string[] | null }
+    >;
+    const out = new Map<string, LocalService>();
+    for (const s of Object.values(body ?? {})) out.set(s.ID, { id: s.ID, name: s.Service, port: s.Port, meta: s.Meta ?? {}, tags: s.Tags ?? [] });
+    return out;
+  }
+
+  async localChecks(): Promise<LocalCheck[]> {
+    const body = (await this.#call('list the agent checks', () => this.#raw.agent.check.list({ timeout: this.#requestTimeoutMs }))) as Record<
+      string,
+      { CheckID: string; ServiceID: string; Name: string; Status: string; Output: string }
+    >;
+    return Object.values(body ?? {}).map((c) => ({ checkId: c.CheckID, serviceId: c.ServiceID, name: c.Name, status: asStatus(c.Status), output: c.Output }));
+  }
+
+  /**
+   * One (blocking) read of `/v1/health/service/<name>`. With `index` > 0 it waits up to `waitMs` for a
+   * change. The HTTP timeout sits above Consul's wait plus its jitter (wait/16).
+   */
+  async healthService(name: string, opts: { index: number; waitMs: number; passing: boolean; stale?: boolean; signal?: AbortSignal }): Promise<BlockingResult<HealthEntry[]>> {
+    const ctx = Object.assign(new EventEmitter(), { includeResponse: true });
+    const onAbort = () => ctx.emit('cancel');
+    opts.signal?.addEventListener('abort', onAbort, { once: true });
+    const raw: RawOpts = {
+      service: name,
+      passing: opts.passing,
+      ctx,
+      timeout: opts.index > 0 ? Math.ceil((opts.waitMs * 17) / 16) + this.#requestTimeoutMs : this.#requestTimeoutMs,
+    };
+    if (opts.index > 0) {
+      raw['index'] = String(opts.index);
+      raw['wait'] = consulDuration(opts.waitMs);
+    }
+    if (opts.stale) raw['stale'] = true;
+    try {
+      const [res, body] = (await this.#call(`read the health of '${name}'`, () => this.#raw.health.service(raw))) as [RawResponse, unknown[]];
+      return {
+        index: Number(res.headers['x-consul-index'] ?? 0),
+        knownLeader: res.headers['x-consul-knownleader'] !== 'false',
+        lastContactMs: Number(res.headers['x-consul-lastcontact'] ?? 0),
+        value: (body ?? []).map(toHealthEntry),
+      };
+    } finally {
+      opts.signal?.removeEventListener('abort', onAbort);
+    }
+  }
+
+  /** Runs one node-consul call and maps its failure onto our catalogue; never keeps the raw response. */
+  async #call(action: string, fn: () => Promise<unknown>): Promise<unknown> {
+    try {
+      return await fn();
+    } catch (err) {
+      throw mapError(action, err);
+    }
+  }
+}
+
+function toHealthEntry(raw: unknown): HealthEntry {
+  const e = raw as {
+    Node: { Node: string; Address: string };
+    Service: { ID: string; Service: string; Address: string; Port: number; Tags: string[] | null; Meta: Record<string, string> | null };
+    Checks: { Status: string }[] | null;
+  };
+  let worst: CheckStatus = 'passing';
+  for (const c of e.Checks ?? []) {
+    const s = asStatus(c.Status);
+    if (STATUS_RANK[s] > STATUS_RANK[worst]) worst = s;
+  }
+  return {
+    node: e.Node.Node,
+    nodeAddress: e.Node.Address,
+    id: e.Service.ID,
+    name: e.Service.Service,
+    // An empty service address means "the node's address" in Consul.
+    address: e.Service.Address || e.Node.Address,
+    port: e.Service.Port,
+    tags: e.Service.Tags ?? [],
+    meta: e.Service.Meta ?? {},
+    status: worst,
+  };
+}
+
+function mapError(action: string, err: unknown): TandemError {
+  if (err instanceof TandemError) return err;
+  const e = err as { statusCode?: number; message?: string; code?: string; isPapi?: boolean; isResponse?: boolean };
+  const status = typeof e.statusCode === 'number' ? e.statusCode : undefined;
+  // node-consul errors keep the whole response; we keep only the status and a short message.
+  const detail = String(e.message ?? 'unknown error').replace(/^consul: [\w.]+: /, '').slice(0, 300);
+  if (status === 403) return new ConsulPermissionError(action, detail, { cause: new Error(detail) });
+  if (status !== undefined && status >= 400 && status < 500) return new ConsulRejectedError(action, status, detail, { cause: new Error(detail) });
+  return new ConsulUnavailableError(`Consul is unavailable: could not ${action} (${status ?? e.code ?? detail})`, { cause: new Error(detail) });
+}

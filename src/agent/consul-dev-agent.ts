@@ -1,0 +1,123 @@
+// Starts and stops a throwaway Consul dev agent on free loopback ports (used by `tandem dev` and the tests).
+import { spawn, execFile, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { freePorts } from './free-port.ts';
+
+const run = promisify(execFile);
+const INSTALL_SCRIPT = fileURLToPath(new URL('../../deploy/consul/install.sh', import.meta.url));
+const DEV_CONFIG = fileURLToPath(new URL('../../deploy/consul/dev.hcl', import.meta.url));
+
+/** Runs deploy/consul/install.sh and returns the path of a consul binary. */
+export async function installConsul(): Promise<string> {
+  try {
+    const { stdout } = await run('sh', [INSTALL_SCRIPT], { timeout: 300_000 });
+    const path = stdout.trim().split('\n').pop();
+    if (!path) throw new Error('install.sh printed no path');
+    return path;
+  } catch (err) {
+    const stderr = (err as { stderr?: string }).stderr?.trim();
+    throw new Error(`could not make a consul binary available: ${stderr || (err as Error).message}`, { cause: err });
+  }
+}
+
+export interface DevAgentOptions {
+  binary?: string;
+  /** Fixed HTTP port; a free one otherwise. */
+  httpPort?: number;
+  nodeName?: string;
+  bind?: string;
+  /** Where the agent's log goes; discarded by default. */
+  log?: 'inherit' | 'ignore';
+  /** Extra `consul agent` arguments, e.g. `['-hcl', 'acl { enabled = true }']`. */
+  extraArgs?: readonly string[];
+  /** Token for the readiness probe when ACLs deny anonymous reads. */
+  probeToken?: string;
+}
+
+export class ConsulDevAgent {
+  #opts: DevAgentOptions;
+  #child: ChildProcess | undefined;
+  #exited: Promise<void> | undefined;
+  #ports: number[] | undefined;
+  #binary: string | undefined;
+
+  constructor(opts: DevAgentOptions = {}) {
+    this.#opts = opts;
+  }
+
+  get httpPort(): number {
+    const p = this.#ports?.[0];
+    if (p === undefined) throw new Error('dev agent not started');
+    return p;
+  }
+
+  get address(): string {
+    return `http://${this.#opts.bind ?? '127.0.0.1'}:${this.httpPort}`;
+  }
+
+  get running(): boolean {
+    return this.#child !== undefined;
+  }
+
+  /** Starts the agent (same ports on a restart) and resolves once it has a leader. */
+  async start(timeoutMs = 30_000): Promise<void> {
+    if (this.#child) return;
+    this.#binary ??= this.#opts.binary ?? (await installConsul());
+    const bind = this.#opts.bind ?? '127.0.0.1';
+    if (!this.#ports) {
+      const free = await freePorts(this.#opts.httpPort ? 4 : 5, { host: bind, udp: true });
+      this.#ports = this.#opts.httpPort ? [this.#opts.httpPort, ...free] : free;
+    }
+    const [http, serfLan, serfWan, server] = this.#ports as [number, number, number, number];
+    const args = [
+      'agent', '-dev', '-config-file', DEV_CONFIG, '-client', bind, '-bind', bind,
+      '-http-port', String(http), '-dns-port', '-1', '-grpc-port', '-1',
+      '-serf-lan-port', String(serfLan), '-serf-wan-port', String(serfWan), '-server-port', String(server),
+      '-node', this.#opts.nodeName ?? `tandem-dev-${http}`,
+      ...(this.#opts.extraArgs ?? []),
+    ];
+    // Own process group: a Ctrl-C on the terminal reaches us, and we stop the agent after the sidecar
+    // has deregistered its services. If this process dies first, the exit hook still kills the agent.
+    const child = spawn(this.#binary, args, { stdio: ['ignore', this.#opts.log ?? 'ignore', this.#opts.log ?? 'ignore'], detached: true });
+    const killOnExit = () => child.kill('SIGKILL');
+    process.once('exit', killOnExit);
+    child.once('exit', () => process.removeListener('exit', killOnExit));
+    this.#child = child;
+    this.#exited = new Promise((resolve) => child.once('exit', () => resolve()));
+    void this.#exited.then(() => {
+      if (this.#child === child) this.#child = undefined;
+    });
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline) {
+      if (!this.#child) throw new Error(`consul dev agent exited during start (${this.#binary} ${args.join(' ')})`);
+      try {
+        const headers: Record<string, string> = this.#opts.probeToken ? { 'x-consul-token': this.#opts.probeToken } : {};
+        const res = await fetch(`${this.address}/v1/status/leader`, { headers, signal: AbortSignal.timeout(1000) });
+        const leader = (await res.json()) as string;
+        if (res.ok && leader) return;
+      } catch {
+        // not up yet
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    await this.stop();
+    throw new Error(`consul dev agent did not elect a leader within ${timeoutMs} ms`);
+  }
+
+  /** Stops the agent and waits for the process to exit (its ports are free again afterwards). */
+  async stop(signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
+    const child = this.#child;
+    if (!child) return;
+    child.kill(signal);
+    const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+    await this.#exited;
+    clearTimeout(timer);
+    this.#child = undefined;
+  }
+
+  async restart(): Promise<void> {
+    await this.stop();
+    await this.start();
+  }
+}

@@ -1,0 +1,127 @@
+// The control API (fastify): registration routes and health, with every error turned into a response here.
+import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance } from 'fastify';
+import type { Logger } from 'pino';
+import type { ServiceSpec } from '../sdk/wire.ts';
+import { InvalidRequestError, InvalidServiceError, MalformedJsonError, RouteNotFoundError, TandemError } from './errors.ts';
+import type { Registrar } from './registrar.ts';
+import { ajv, formatErrors, serviceSpecSchema } from './schemas.ts';
+import type { ErrorObject } from 'ajv';
+
+/** Extra route groups (the routing view, later features) plug in here without the API knowing them. */
+export type RoutePlugin = (app: FastifyInstance) => void;
+
+export interface ControlApiOptions {
+  host: string;
+  port: number;
+  registrar: Registrar;
+  logger: Logger;
+  version: string;
+  /** Health details for the sidecar's own check: keep it tiny, Consul shows it verbatim. */
+  status: () => { consul: 'up' | 'down' | 'unknown' };
+  plugins?: readonly RoutePlugin[];
+}
+
+const idParams = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['id'],
+  properties: { id: { type: 'string', minLength: 1, maxLength: 128 } },
+} as const;
+
+export class ControlApi {
+  #o: ControlApiOptions;
+  #app: FastifyInstance;
+
+  constructor(opts: ControlApiOptions) {
+    this.#o = opts;
+    this.#app = Fastify({
+      // Request logs are info-level: a warn-level child keeps them out (access logs belong to the proxy).
+      loggerInstance: opts.logger.child({ component: 'control-api' }, { level: 'warn' }) as FastifyBaseLogger,
+      forceCloseConnections: true,
+      return503OnClosing: true,
+      bodyLimit: 256 * 1024,
+    });
+    this.#app.setValidatorCompiler(({ schema }) => ajv.compile(schema));
+    this.#app.setErrorHandler((err, req, reply) => {
+      const mapped = toTandemError(err as Error, (req.routeOptions.config as { bodyKind?: string }).bodyKind);
+      if (mapped.statusCode >= 500) this.#o.logger.warn({ code: mapped.code, message: mapped.message }, 'control API error');
+      void reply.code(mapped.statusCode).header('x-tandem-error', mapped.code).send(mapped.toBody());
+    });
+    this.#app.setNotFoundHandler((req, reply) => {
+      const err = new RouteNotFoundError(req.method, req.url.split('?')[0] ?? '');
+      void reply.code(404).header('x-tandem-error', err.code).send(err.toBody());
+    });
+    this.#routes();
+    for (const plugin of opts.plugins ?? []) plugin(this.#app);
+  }
+
+  /** For in-process tests (`inject`). */
+  get app(): FastifyInstance {
+    return this.#app;
+  }
+
+  async start(): Promise<{ host: string; port: number }> {
+    await this.#app.listen({ host: this.#o.host, port: this.#o.port });
+    const addr = this.#app.server.address();
+    return { host: this.#o.host, port: typeof addr === 'object' && addr ? addr.port : this.#o.port };
+  }
+
+  async close(): Promise<void> {
+    await this.#app.close();
+  }
+
+  #routes(): void {
+    const app = this.#app;
+    const registrar = this.#o.registrar;
+
+    app.get('/v1/health', { schema: {} }, async () => ({ status: 'ok', version: this.#o.version, ...this.#o.status() }));
+
+    app.get('/v1/services', { schema: {} }, async () => registrar.list());
+
+    app.post<{ Body: ServiceSpec }>('/v1/services', { schema: { body: serviceSpecSchema }, config: { bodyKind: 'service' } }, async (req, reply) => {
+      const { registration, pending } = await registrar.register(req.body);
+      return reply.code(pending ? 202 : 201).send({ ...registration, pending });
+    });
+
+    app.delete<{ Params: { id: string } }>('/v1/services/:id', { schema: { params: idParams } }, async (req, reply) => {
+      const { pending } = await registrar.deregister(req.params.id);
+      return reply.code(pending ? 202 : 200).send({ id: req.params.id, deregistered: !pending, pending });
+    });
+
+    app.put<{ Params: { id: string }; Body: { note?: string } | undefined }>(
+      '/v1/services/:id/heartbeat',
+      {
+        schema: {
+          params: idParams,
+          body: { type: ['object', 'null'], additionalProperties: false, properties: { note: { type: 'string', maxLength: 4096 } } },
+        },
+      },
+      async (req) => {
+        await registrar.heartbeat(req.params.id, req.body?.note);
+        return { id: req.params.id, status: 'passing' };
+      },
+    );
+  }
+}
+
+/** The one mapping from anything thrown in a route to our catalogue. */
+function toTandemError(err: FastifyError | Error, bodyKind: string | undefined): TandemError {
+  if (err instanceof TandemError) return err;
+  const fe = err as FastifyError & { validation?: ErrorObject[]; validationContext?: string };
+  if (fe.validation) {
+    const lines = formatErrors(fe.validation, fe.validationContext ?? 'request');
+    return fe.validationContext === 'body' && bodyKind === 'service' ? new InvalidServiceError(lines.join('; ')) : new InvalidRequestError(lines.join('; '));
+  }
+  switch (fe.code) {
+    case 'FST_ERR_CTP_INVALID_JSON_BODY':
+    case 'FST_ERR_CTP_EMPTY_JSON_BODY':
+      return new MalformedJsonError(fe.message);
+    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
+      return new TandemError('TANDEM_ERR_UNSUPPORTED_MEDIA_TYPE', 415, 'send the body as application/json');
+    case 'FST_ERR_CTP_BODY_TOO_LARGE':
+      return new TandemError('TANDEM_ERR_BODY_TOO_LARGE', 413, 'request body is too large');
+  }
+  if (err instanceof SyntaxError) return new MalformedJsonError(err.message);
+  if (typeof fe.statusCode === 'number' && fe.statusCode >= 400 && fe.statusCode < 500) return new InvalidRequestError(fe.message);
+  return new TandemError('TANDEM_ERR_INTERNAL', 500, 'internal error', { cause: err });
+}

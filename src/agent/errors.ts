@@ -1,0 +1,110 @@
+// The agent's error catalogue: every error the control API, the registrar or the Consul client raise.
+import { STATUS_CODES } from 'node:http';
+import type { ErrorBody } from '../sdk/wire.ts';
+
+/** Base class: a stable machine-readable `code` and the HTTP status it maps to. */
+export class TandemError extends Error {
+  readonly code: string;
+  readonly statusCode: number;
+
+  constructor(code: string, statusCode: number, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = new.target.name;
+    this.code = code;
+    this.statusCode = statusCode;
+  }
+
+  /** The response body; never carries a stack or a cause's details. */
+  toBody(): ErrorBody {
+    return {
+      statusCode: this.statusCode,
+      code: this.code,
+      error: STATUS_CODES[this.statusCode] ?? 'Error',
+      message: this.message,
+    };
+  }
+}
+
+export class InvalidConfigError extends TandemError {
+  readonly problems: readonly string[];
+  constructor(problems: readonly string[]) {
+    super('TANDEM_ERR_INVALID_CONFIG', 400, `invalid configuration:\n  - ${problems.join('\n  - ')}`);
+    this.problems = problems;
+  }
+}
+
+export class InvalidRequestError extends TandemError {
+  constructor(message: string, code = 'TANDEM_ERR_INVALID_REQUEST') {
+    super(code, 400, message);
+  }
+}
+
+export class InvalidServiceError extends TandemError {
+  constructor(message: string) {
+    super('TANDEM_ERR_INVALID_SERVICE', 400, message);
+  }
+}
+
+export class MalformedJsonError extends TandemError {
+  constructor(message: string) {
+    super('TANDEM_ERR_MALFORMED_JSON', 400, `request body is not valid JSON: ${message}`);
+  }
+}
+
+export class ServiceNotFoundError extends TandemError {
+  constructor(id: string) {
+    super('TANDEM_ERR_SERVICE_NOT_FOUND', 404, `no service with id '${id}' is registered through this sidecar`);
+  }
+}
+
+export class NotTtlCheckError extends TandemError {
+  constructor(id: string, kind: string) {
+    super('TANDEM_ERR_NOT_TTL_CHECK', 409, `service '${id}' has a ${kind} check; heartbeats apply to ttl checks only`);
+  }
+}
+
+export class ProtectedServiceError extends TandemError {
+  constructor(id: string) {
+    super('TANDEM_ERR_PROTECTED_SERVICE', 409, `service '${id}' is the sidecar's own registration; stop the sidecar to remove it`);
+  }
+}
+
+export class RouteNotFoundError extends TandemError {
+  constructor(method: string, url: string) {
+    super('TANDEM_ERR_ROUTE_NOT_FOUND', 404, `no control API route ${method} ${url}`);
+  }
+}
+
+/** Consul could not be reached, or answered 5xx. */
+export class ConsulUnavailableError extends TandemError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('TANDEM_ERR_CONSUL_UNAVAILABLE', 503, message, options);
+  }
+}
+
+/** Consul answered 403: the ACL token lacks a permission. */
+export class ConsulPermissionError extends TandemError {
+  constructor(action: string, detail: string, options?: { cause?: unknown }) {
+    super(
+      'TANDEM_ERR_CONSUL_PERMISSION_DENIED',
+      502,
+      `Consul refused to ${action}: the ACL token lacks permission (${detail}). Set CONSUL_HTTP_TOKEN or CONSUL_HTTP_TOKEN_FILE to a token with the Tandem policy.`,
+      options,
+    );
+  }
+}
+
+/** Consul answered another 4xx: it rejected what we sent. */
+export class ConsulRejectedError extends TandemError {
+  readonly consulStatus: number;
+  constructor(action: string, consulStatus: number, detail: string, options?: { cause?: unknown }) {
+    super('TANDEM_ERR_CONSUL_REJECTED', 502, `Consul rejected the request to ${action} (${consulStatus}): ${detail}`, options);
+    this.consulStatus = consulStatus;
+  }
+}
+
+export class ShuttingDownError extends TandemError {
+  constructor() {
+    super('TANDEM_ERR_SHUTTING_DOWN', 503, 'the sidecar is shutting down');
+  }
+}

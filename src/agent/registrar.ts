@@ -1,0 +1,304 @@
+// Keeps this host's services registered in Consul: persists them, re-registers what the agent lost, drains on removal.
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Logger } from 'pino';
+import type { Registration, ServiceSpec } from '../sdk/wire.ts';
+import type { ConsulClient, LocalCheck } from './consul-client.ts';
+import { ConsulUnavailableError, NotTtlCheckError, ProtectedServiceError, ServiceNotFoundError, ShuttingDownError, TandemError } from './errors.ts';
+import { effectiveCheck, serviceId, toConsulDefinition } from './service-definition.ts';
+import type { StateStore } from './state-store.ts';
+
+type Source = Registration['source'];
+
+interface Entry {
+  id: string;
+  spec: ServiceSpec;
+  source: Source;
+  state: 'registered' | 'pending' | 'draining';
+}
+
+export interface RegistrarOptions {
+  consul: ConsulClient;
+  store: StateStore;
+  logger: Logger;
+  nodeName: string;
+  /** Overrides the address learnt from the local Consul agent. */
+  advertiseAddress?: string | undefined;
+  syncIntervalMs: number;
+  drainMs: number;
+  checkIntervalMs: number;
+  checkTimeoutMs: number;
+  ttlMs: number;
+  /** Services from the config file: registered at start, not persisted (the file is their home). */
+  configServices: readonly ServiceSpec[];
+}
+
+export interface RegisterResult {
+  registration: Registration;
+  /** True when Consul was unreachable: kept, and registered once Consul answers. */
+  pending: boolean;
+}
+
+const STATE_FILE = 'registrations';
+
+export class Registrar {
+  #o: RegistrarOptions;
+  #entries = new Map<string, Entry>();
+  /** Ids removed while Consul was unreachable: deregistered as soon as it answers again. */
+  #orphans = new Set<string>();
+  #queues = new Map<string, Promise<unknown>>();
+  #timer: NodeJS.Timeout | undefined;
+  #syncing: Promise<void> | undefined;
+  #consulUp: boolean | undefined;
+  #agentAddress: string | undefined;
+  #closing = false;
+  #sidecarId = '';
+
+  constructor(opts: RegistrarOptions) {
+    this.#o = opts;
+  }
+
+  get consulReachable(): boolean | undefined {
+    return this.#consulUp;
+  }
+
+  /** Loads config and persisted registrations, adds the sidecar's own `tandem` service, and syncs. */
+  async start(sidecarService: ServiceSpec): Promise<void> {
+    const stored = await this.#o.store.load(STATE_FILE);
+    const fromState = Array.isArray(stored) ? (stored as { spec: ServiceSpec }[]) : [];
+    this.#sidecarId = serviceId(sidecarService, this.#o.nodeName);
+    this.#add(sidecarService, 'sidecar');
+    for (const spec of this.#o.configServices) this.#add(spec, 'config');
+    for (const { spec } of fromState) this.#add(spec, 'api');
+    await this.sync();
+    this.#timer = setInterval(() => void this.sync(), this.#o.syncIntervalMs);
+    this.#timer.unref();
+  }
+
+  /** Registers (or replaces) a service. Consul unreachable → kept as pending; Consul refusing → nothing changes. */
+  async register(spec: ServiceSpec): Promise<RegisterResult> {
+    if (this.#closing) throw new ShuttingDownError();
+    const id = serviceId(spec, this.#o.nodeName);
+    return this.#serial(id, async () => {
+      const entry: Entry = { id, spec, source: 'api', state: 'pending' };
+      let pending = false;
+      try {
+        await this.#registerInConsul(entry);
+        entry.state = 'registered';
+      } catch (err) {
+        if (!(err instanceof ConsulUnavailableError)) throw err; // 403/400: the old registration stays as it was
+        this.#markDown(err);
+        pending = true;
+      }
+      this.#orphans.delete(id);
+      this.#entries.set(id, entry);
+      await this.#persist();
+      this.#o.logger.info({ service: id, pending }, pending ? 'registration kept pending: Consul is unreachable' : 'service registered');
+      return { registration: this.#view(entry, undefined), pending };
+    });
+  }
+
+  /** Graceful removal: maintenance on (callers stop picking it), wait drainMs, deregister. */
+  async deregister(id: string): Promise<{ pending: boolean }> {
+    const entry = this.#entries.get(id);
+    if (!entry || entry.state === 'draining') throw new ServiceNotFoundError(id);
+    if (entry.source === 'sidecar') throw new ProtectedServiceError(id);
+    entry.state = 'draining';
+    return this.#serial(id, async () => {
+      try {
+        await this.#drain([entry]);
+        return { pending: false };
+      } catch (err) {
+        if (!(err instanceof ConsulUnavailableError)) {
+          entry.state = 'registered';
+          throw err;
+        }
+        this.#markDown(err);
+        this.#orphans.add(id);
+        return { pending: true };
+      } finally {
+        if (entry.state === 'draining') {
+          this.#entries.delete(id);
+          await this.#persist();
+        }
+      }
+    });
+  }
+
+  async heartbeat(id: string, note?: string): Promise<void> {
+    const entry = this.#entries.get(id);
+    if (!entry || entry.state === 'draining') throw new ServiceNotFoundError(id);
+    const check = effectiveCheck(entry.spec);
+    if (check.kind !== 'ttl') throw new NotTtlCheckError(id, check.kind);
+    await this.#o.consul.passCheck(`service:${id}`, note);
+  }
+
+  /** This host's registrations with their Consul health (`unknown` when Consul is unreachable). */
+  async list(): Promise<Registration[]> {
+    let checks: LocalCheck[] | undefined;
+    try {
+      checks = await this.#o.consul.localChecks();
+    } catch (err) {
+      if (!(err instanceof ConsulUnavailableError)) throw err;
+    }
+    return [...this.#entries.values()].map((e) => this.#view(e, checks));
+  }
+
+  has(id: string): boolean {
+    return this.#entries.has(id);
+  }
+
+  /** One anti-entropy pass: registers what is pending or what the agent lost; deregisters orphans. */
+  sync(): Promise<void> {
+    this.#syncing ??= this.#syncOnce().finally(() => {
+      this.#syncing = undefined;
+    });
+    return this.#syncing;
+  }
+
+  /** Stops syncing and removes every registration from Consul (maintenance, drain, deregister); state stays on disk. */
+  async close(): Promise<void> {
+    this.#closing = true;
+    if (this.#timer) clearInterval(this.#timer);
+    await this.#syncing;
+    const entries = [...this.#entries.values()].filter((e) => e.state !== 'draining');
+    for (const e of entries) e.state = 'draining';
+    try {
+      await this.#drain(entries);
+    } catch (err) {
+      this.#o.logger.warn({ err: errSummary(err) }, 'could not deregister every service on shutdown');
+    }
+    await this.#o.store.close();
+  }
+
+  async #syncOnce(): Promise<void> {
+    if (this.#closing) return;
+    let present: Set<string>;
+    try {
+      present = new Set((await this.#o.consul.localServices()).keys());
+    } catch (err) {
+      this.#markDown(err);
+      return;
+    }
+    this.#markUp();
+    for (const id of [...this.#orphans]) {
+      await this.#serial(id, async () => {
+        if (this.#entries.has(id)) return;
+        try {
+          await this.#o.consul.deregisterService(id);
+          this.#orphans.delete(id);
+        } catch (err) {
+          this.#o.logger.warn({ service: id, err: errSummary(err) }, 'deregistration deferred');
+        }
+      });
+    }
+    for (const entry of [...this.#entries.values()]) {
+      if (entry.state === 'draining' || (entry.state === 'registered' && present.has(entry.id))) continue;
+      await this.#serial(entry.id, async () => {
+        if (this.#entries.get(entry.id) !== entry || entry.state === 'draining' || this.#closing) return;
+        const wasPending = entry.state === 'pending';
+        try {
+          await this.#registerInConsul(entry);
+          entry.state = 'registered';
+          this.#o.logger.info({ service: entry.id }, wasPending ? 'pending registration registered' : 're-registered a service the Consul agent had lost');
+        } catch (err) {
+          entry.state = 'pending';
+          if (err instanceof ConsulUnavailableError) this.#markDown(err);
+          else this.#o.logger.error({ service: entry.id, err: errSummary(err) }, 'Consul refuses this registration; retrying');
+        }
+      });
+    }
+  }
+
+  async #registerInConsul(entry: Entry): Promise<void> {
+    this.#agentAddress ??= this.#o.advertiseAddress ?? (await this.#o.consul.agentSelf()).advertiseAddress;
+    await this.#o.consul.registerService(
+      toConsulDefinition(entry.spec, {
+        nodeName: this.#o.nodeName,
+        defaultAddress: this.#agentAddress,
+        sidecarId: this.#sidecarId,
+        checkIntervalMs: this.#o.checkIntervalMs,
+        checkTimeoutMs: this.#o.checkTimeoutMs,
+        ttlMs: this.#o.ttlMs,
+      }),
+    );
+  }
+
+  async #drain(entries: readonly Entry[]): Promise<void> {
+    const live = entries.filter((e) => e.state !== 'pending');
+    if (live.length === 0) return;
+    // Maintenance first: the instances leave `?passing` at once, so watchers stop sending before they go.
+    await Promise.all(live.map((e) => this.#o.consul.setMaintenance(e.id, true, 'tandem: draining before deregistration')));
+    if (this.#o.drainMs > 0) await sleep(this.#o.drainMs);
+    await Promise.all(live.map((e) => this.#o.consul.deregisterService(e.id)));
+    for (const e of live) this.#o.logger.info({ service: e.id }, 'service deregistered');
+  }
+
+  #add(spec: ServiceSpec, source: Source): void {
+    const id = serviceId(spec, this.#o.nodeName);
+    // An app may have registered through the API before start() ran: its newer spec wins.
+    if (!this.#entries.has(id)) this.#entries.set(id, { id, spec, source, state: 'pending' });
+  }
+
+  async #persist(): Promise<void> {
+    const api = [...this.#entries.values()].filter((e) => e.source === 'api' && e.state !== 'draining').map((e) => ({ spec: e.spec }));
+    await this.#o.store.save(STATE_FILE, api);
+  }
+
+  /** Runs Consul-changing work for one id one at a time, so a sync never races a removal. */
+  #serial<T>(id: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.#queues.get(id) ?? Promise.resolve();
+    const next = prev.then(fn, fn);
+    const tail = next.catch(() => undefined);
+    this.#queues.set(id, tail);
+    void tail.then(() => {
+      if (this.#queues.get(id) === tail) this.#queues.delete(id);
+    });
+    return next;
+  }
+
+  #markDown(err: unknown): void {
+    if (this.#consulUp !== false) this.#o.logger.warn({ consul: this.#o.consul.address, err: errSummary(err) }, 'Consul is unreachable: registrations are kept and retried');
+    this.#consulUp = false;
+  }
+
+  #markUp(): void {
+    if (this.#consulUp === false) this.#o.logger.info({ consul: this.#o.consul.address }, 'Consul is reachable again');
+    this.#consulUp = true;
+  }
+
+  #view(e: Entry, checks: LocalCheck[] | undefined): Registration {
+    const def = toConsulDefinition(e.spec, {
+      nodeName: this.#o.nodeName,
+      defaultAddress: this.#agentAddress ?? this.#o.advertiseAddress ?? '',
+      sidecarId: this.#sidecarId,
+      checkIntervalMs: this.#o.checkIntervalMs,
+      checkTimeoutMs: this.#o.checkTimeoutMs,
+      ttlMs: this.#o.ttlMs,
+    });
+    let health: Registration['health'] = 'unknown';
+    if (checks) {
+      const mine = checks.filter((c) => c.serviceId === e.id);
+      if (mine.some((c) => c.checkId.startsWith('_service_maintenance'))) health = 'maintenance';
+      else if (mine.length > 0) health = mine.some((c) => c.status === 'critical') ? 'critical' : mine.some((c) => c.status === 'warning') ? 'warning' : 'passing';
+    }
+    return {
+      id: e.id,
+      name: e.spec.name,
+      version: e.spec.version,
+      address: def.Address,
+      port: def.Port,
+      tags: def.Tags,
+      meta: def.Meta,
+      check: effectiveCheck(e.spec),
+      source: e.source,
+      state: e.state,
+      health,
+    };
+  }
+}
+
+/** Status and message only: Consul errors must never carry a token or a whole response into a log. */
+export function errSummary(err: unknown): { code?: string; message: string } {
+  if (err instanceof TandemError) return { code: err.code, message: err.message };
+  return { message: err instanceof Error ? err.message : String(err) };
+}

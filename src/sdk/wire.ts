@@ -1,0 +1,90 @@
+// Wire types of the control API, shared by the SDK and the agent (the agent imports them from here).
+
+/**
+ * How Consul checks a service's health.
+ *
+ * - `http`: Consul sends `GET http://<address>:<port><path>` every `intervalMs`; 2xx passes.
+ * - `tcp`: Consul opens a TCP connection to `<address>:<port>` every `intervalMs`.
+ * - `ttl`: the app (or the SDK) must call the heartbeat route at least every `ttlMs`.
+ *
+ * @example
+ * ```ts
+ * const check: CheckSpec = { kind: 'http', path: '/healthz', intervalMs: 5000 };
+ * ```
+ */
+export type CheckSpec =
+  | { kind: 'http'; path: string; intervalMs?: number; timeoutMs?: number }
+  | { kind: 'tcp'; intervalMs?: number; timeoutMs?: number }
+  | { kind: 'ttl'; ttlMs?: number };
+
+/**
+ * A service instance to register in Consul through the sidecar.
+ *
+ * `name` is a DNS label, `version` strict semver, `port` 1-65535. Without `check`, Consul checks the
+ * port over TCP. Without `id`, the id is `<name>-<node>-<port>`.
+ *
+ * @example
+ * ```ts
+ * const spec: ServiceSpec = { name: 'users', version: '1.2.3', port: 3000, check: { kind: 'http', path: '/health' } };
+ * ```
+ */
+export interface ServiceSpec {
+  name: string;
+  version: string;
+  port: number;
+  address?: string;
+  id?: string;
+  tags?: string[];
+  meta?: Record<string, string>;
+  check?: CheckSpec;
+}
+
+/**
+ * Where a registration stands: in Consul, waiting for Consul to be reachable, or being drained.
+ *
+ * @example
+ * ```ts
+ * if (reg.state === 'pending') console.log('Consul is unreachable; the sidecar will register it later');
+ * ```
+ */
+export type RegistrationState = 'registered' | 'pending' | 'draining';
+
+/**
+ * A registration as the control API reports it.
+ *
+ * @example
+ * ```ts
+ * const regs: Registration[] = await (await fetch('http://127.0.0.1:7701/v1/services')).json();
+ * ```
+ */
+export interface Registration {
+  id: string;
+  name: string;
+  version: string;
+  address: string;
+  port: number;
+  tags: string[];
+  meta: Record<string, string>;
+  check: CheckSpec;
+  /** `sidecar` is the sidecar's own `tandem` service. */
+  source: 'config' | 'api' | 'sidecar';
+  state: RegistrationState;
+  /** Consul's aggregated check status, or `unknown` while Consul is unreachable. */
+  health: 'passing' | 'warning' | 'critical' | 'maintenance' | 'unknown';
+}
+
+/**
+ * The JSON body of every error the sidecar answers with (control API and proxy alike).
+ *
+ * @example
+ * ```ts
+ * const body = (await res.json()) as ErrorBody;
+ * if (body.code === 'TANDEM_ERR_NO_HEALTHY_INSTANCE') retryLater();
+ * ```
+ */
+export interface ErrorBody {
+  statusCode: number;
+  code: string;
+  error: string;
+  message: string;
+}

@@ -1,0 +1,107 @@
+// Test helper: runs sidecars in-process or as `tandem start` child processes, on free ports and temp state dirs.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { createServer, type Server } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { loadConfig } from '../../src/agent/config.ts';
+import { freePorts } from '../../src/agent/free-port.ts';
+import { Sidecar } from '../../src/agent/sidecar.ts';
+
+export const BIN = fileURLToPath(new URL('../../bin/tandem.js', import.meta.url));
+
+export async function tempDir(prefix = 'tandem-test-'): Promise<string> {
+  return mkdtemp(join(tmpdir(), prefix));
+}
+
+export async function removeDir(dir: string): Promise<void> {
+  await rm(dir, { recursive: true, force: true });
+}
+
+/** Fast settings for tests: checks every 500 ms, sync every 300 ms, a short drain. */
+export const FAST = ['--set', 'registration.checkIntervalMs=500', '--set', 'registration.syncIntervalMs=300', '--set', 'registration.drainMs=100', '--log-level', 'silent'];
+
+export async function startSidecar(consulAddress: string, opts: { stateDir?: string; args?: string[]; nodeName?: string } = {}): Promise<{ sidecar: Sidecar; api: string; stateDir: string }> {
+  const stateDir = opts.stateDir ?? (await tempDir());
+  const [proxyPort] = await freePorts(1);
+  const config = loadConfig({
+    argv: ['--consul', consulAddress, '--api', '127.0.0.1:0', '--proxy', `127.0.0.1:${proxyPort}`, '--state-dir', stateDir, '--node-name', opts.nodeName ?? 'test-node', '--advertise', '127.0.0.1', ...FAST, ...(opts.args ?? [])],
+    env: {},
+  });
+  const sidecar = new Sidecar({ config });
+  const { api } = await sidecar.start();
+  return { sidecar, api, stateDir };
+}
+
+export interface ChildSidecar {
+  child: ChildProcess;
+  api: string;
+  exited: Promise<number | null>;
+  stderr: () => string;
+}
+
+/** Runs the real CLI (`bin/tandem.js start`, built code) and waits until its control API answers. */
+export async function spawnSidecar(args: string[], env: Record<string, string> = {}): Promise<ChildSidecar> {
+  const [apiPort, proxyPort] = await freePorts(2);
+  const child = spawn(process.execPath, [BIN, 'start', '--api', `127.0.0.1:${apiPort}`, '--proxy', `127.0.0.1:${proxyPort}`, ...args], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+    env: { PATH: process.env['PATH'] ?? '', ...env },
+  });
+  let err = '';
+  child.stderr?.on('data', (d: Buffer) => (err += d.toString()));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  const api = `http://127.0.0.1:${apiPort}`;
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`tandem exited with ${child.exitCode}: ${err}`);
+    try {
+      const res = await fetch(`${api}/v1/health`);
+      if (res.ok) break;
+    } catch {
+      // not listening yet
+    }
+    if (Date.now() > deadline) {
+      child.kill('SIGKILL');
+      throw new Error(`tandem did not answer in time: ${err}`);
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return { child, api, exited, stderr: () => err };
+}
+
+/** A tiny HTTP service with `/health`, answering its own name and version. */
+export async function startService(name: string, version: string): Promise<{ server: Server; port: number; close: () => Promise<void> }> {
+  const server = createServer((req, res) => {
+    if (req.url === '/health') return void res.end('ok');
+    res.setHeader('content-type', 'application/json');
+    res.end(JSON.stringify({ name, version, url: req.url }));
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as { port: number }).port;
+  return {
+    server,
+    port,
+    close: () =>
+      new Promise<void>((r) => {
+        server.closeAllConnections();
+        server.close(() => r());
+      }),
+  };
+}
+
+export async function api(method: string, url: string, body?: unknown, raw?: string): Promise<{ status: number; body: unknown; headers: Headers }> {
+  const init: RequestInit = { method };
+  if (raw !== undefined) init.body = raw;
+  else if (body !== undefined) init.body = JSON.stringify(body);
+  if (init.body !== undefined) init.headers = { 'content-type': 'application/json' };
+  const res = await fetch(url, init);
+  const text = await res.text();
+  let parsed: unknown = text;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    // not JSON
+  }
+  return { status: res.status, body: parsed, headers: res.headers };
+}

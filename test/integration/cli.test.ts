@@ -1,0 +1,87 @@
+// The real `tandem start` process: config errors exit before Consul, SIGTERM deregisters and exits 0, ACL denials are clear.
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { after, describe, test } from 'node:test';
+import { ConsulDevAgent } from '../../src/agent/consul-dev-agent.ts';
+import { agentServiceIds, eventually, healthOf, useConsul } from '../helpers/consul.ts';
+import { api, BIN, FAST, removeDir, spawnSidecar, startService, startSidecar, tempDir } from '../helpers/sidecar.ts';
+
+const consul = useConsul();
+const cleanups: (() => Promise<unknown>)[] = [];
+after(async () => {
+  for (const c of cleanups.reverse()) await c().catch(() => undefined);
+});
+
+describe('tandem CLI', () => {
+  test('--help lists every flag; an unknown command is one clear line', () => {
+    const help = spawnSync(process.execPath, [BIN, 'start', '--help'], { encoding: 'utf8' });
+    assert.equal(help.status, 0);
+    for (const flag of ['--config', '--consul', '--proxy', '--api', '--state-dir', '--node-name', '--advertise', '--set']) assert.ok(help.stdout.includes(flag), flag);
+    const top = spawnSync(process.execPath, [BIN, '--help'], { encoding: 'utf8' });
+    assert.equal(top.status, 0);
+    assert.match(top.stdout, /tandem start/);
+    const bad = spawnSync(process.execPath, [BIN, 'frobnicate'], { encoding: 'utf8' });
+    assert.equal(bad.status, 2);
+    assert.equal(bad.stderr.trim().split('\n').length, 1);
+  });
+
+  test('an invalid config file reports every violation and exits non-zero before touching Consul', async () => {
+    const dir = await tempDir();
+    cleanups.push(() => removeDir(dir));
+    const file = join(dir, 'tandem.yaml');
+    await writeFile(file, 'proxy:\n  listen: nowhere\nservices:\n  - name: Bad\n    version: "1"\n    port: 0\nbogus: 1\n');
+    const before = await agentServiceIds(consul);
+    const run = spawnSync(process.execPath, [BIN, 'start', '--config', file, '--consul', consul.address, '--state-dir', dir], { encoding: 'utf8', timeout: 20_000 });
+    assert.equal(run.status, 2);
+    for (const want of ['config/proxy/listen', 'config/services/0/name', 'config/services/0/version', 'config/services/0/port', 'config/bogus: unknown key']) {
+      assert.ok(run.stderr.includes(want), `${want} in ${run.stderr}`);
+    }
+    assert.ok(!run.stderr.includes('    at '), 'no stack trace');
+    assert.deepEqual(await agentServiceIds(consul), before);
+  });
+
+  test('tandem start registers config services; SIGTERM deregisters everything and exits 0', async () => {
+    const svc = await startService('billing', '4.2.0');
+    cleanups.push(svc.close);
+    const dir = await tempDir();
+    cleanups.push(() => removeDir(dir));
+    const file = join(dir, 'tandem.json');
+    await writeFile(file, JSON.stringify({ services: [{ name: 'billing', version: '4.2.0', port: svc.port, check: { kind: 'http', path: '/health' } }] }));
+    // Consul on a non-default address, given through CONSUL_HTTP_ADDR without a scheme.
+    const side = await spawnSidecar(['--config', file, '--state-dir', dir, '--node-name', 'cli-node', ...FAST], { CONSUL_HTTP_ADDR: `127.0.0.1:${consul.httpPort}` });
+    cleanups.push(async () => side.child.kill('SIGKILL'));
+    const row = await eventually(async () => (await healthOf(consul, 'billing'))[0], 'billing passing');
+    assert.equal(row.Service.Meta['version'], '4.2.0');
+    assert.deepEqual(row.Service.Tags, ['v4', 'v4-2-0']);
+    assert.equal((await api('POST', `${side.api}/v1/services`, { name: 'billing-worker', version: '4.2.0', port: svc.port })).status, 201);
+    assert.equal((await agentServiceIds(consul)).length, 3);
+    side.child.kill('SIGTERM');
+    assert.equal(await side.exited, 0);
+    assert.deepEqual(await agentServiceIds(consul), []);
+  });
+
+  test('Consul refusing with 403 gives a clear permission error and changes nothing', async () => {
+    const acl = new ConsulDevAgent({
+      extraArgs: ['-hcl', 'acl { enabled = true default_policy = "deny" enable_token_persistence = false tokens { master = "root-token" } }'],
+      probeToken: 'root-token',
+    });
+    await acl.start();
+    cleanups.push(() => acl.stop());
+    const svc = await startService('secret', '1.0.0');
+    cleanups.push(svc.close);
+    const { sidecar, api: base, stateDir } = await startSidecar(acl.address);
+    cleanups.push(() => sidecar.close(), () => removeDir(stateDir));
+    const res = await api('POST', `${base}/v1/services`, { name: 'secret', version: '1.0.0', port: svc.port });
+    assert.equal(res.status, 502);
+    const body = res.body as { code: string; message: string };
+    assert.equal(body.code, 'TANDEM_ERR_CONSUL_PERMISSION_DENIED');
+    assert.match(body.message, /ACL token lacks permission/);
+    const listed = (await api('GET', `${base}/v1/services`)).body as { id: string }[];
+    assert.ok(!listed.some((r) => r.id.startsWith('secret-')), 'a refused registration is not kept');
+    const services = await fetch(`${acl.address}/v1/agent/services`, { headers: { 'x-consul-token': 'root-token' } });
+    assert.deepEqual(Object.keys((await services.json()) as object), []);
+    await sidecar.close();
+  });
+});
