@@ -22,7 +22,22 @@ export interface Config {
     requestTimeoutMs: number;
   };
   node: { name: string; advertiseAddress?: string };
-  proxy: { listen: string };
+  proxy: {
+    listen: string;
+    /** Extra tries on other instances after a failed one. */
+    retries: number;
+    retryStatuses: number[];
+    /** Request bodies up to this size are buffered so that a retry can resend them. */
+    retryBufferBytes: number;
+    upstreamTimeoutMs: number;
+    /** Longest silence between two response body chunks; 0 = no limit. */
+    bodyTimeoutMs: number;
+    connectTimeoutMs: number;
+    connectionsPerInstance: number;
+    maxUrlBytes: number;
+    maxHeaderBytes: number;
+    ejection: { consecutiveFailures: number; baseEjectionMs: number; maxEjectionMs: number; maxEjectionShare: number };
+  };
   api: { listen: string };
   stateDir: string;
   services: ServiceSpec[];
@@ -36,7 +51,7 @@ export interface Config {
     checkTimeoutMs: number;
     ttlMs: number;
   };
-  watch: { waitMs: number; idleMs: number; firstAnswerTimeoutMs: number; maxBackoffMs: number };
+  watch: { waitMs: number; idleMs: number; firstAnswerTimeoutMs: number; maxBackoffMs: number; maxServices: number };
   shutdownTimeoutMs: number;
   log: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent' };
 }
@@ -73,7 +88,34 @@ export const configSchema = {
         advertiseAddress: { type: 'string', pattern: '^[^\\s/]+$', minLength: 1, description: 'a host name or IP address' },
       },
     },
-    proxy: { type: 'object', additionalProperties: false, required: ['listen'], properties: { listen: { type: 'string', pattern: LISTEN_PATTERN, description: 'host:port' } } },
+    proxy: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['listen', 'retries', 'retryStatuses', 'retryBufferBytes', 'upstreamTimeoutMs', 'bodyTimeoutMs', 'connectTimeoutMs', 'connectionsPerInstance', 'maxUrlBytes', 'maxHeaderBytes', 'ejection'],
+      properties: {
+        listen: { type: 'string', pattern: LISTEN_PATTERN, description: 'host:port' },
+        retries: { type: 'integer', minimum: 0, maximum: 10 },
+        retryStatuses: { type: 'array', uniqueItems: true, maxItems: 20, items: { type: 'integer', minimum: 500, maximum: 599 } },
+        retryBufferBytes: { type: 'integer', minimum: 0, maximum: 16 * 1024 * 1024 },
+        upstreamTimeoutMs: ms(10, 3_600_000),
+        bodyTimeoutMs: ms(0, 86_400_000),
+        connectTimeoutMs: ms(10, 600_000),
+        connectionsPerInstance: { type: 'integer', minimum: 1, maximum: 10_000 },
+        maxUrlBytes: { type: 'integer', minimum: 256, maximum: 1_048_576 },
+        maxHeaderBytes: { type: 'integer', minimum: 1024, maximum: 1_048_576 },
+        ejection: {
+          type: 'object',
+          additionalProperties: false,
+          required: ['consecutiveFailures', 'baseEjectionMs', 'maxEjectionMs', 'maxEjectionShare'],
+          properties: {
+            consecutiveFailures: { type: 'integer', minimum: 1, maximum: 1000 },
+            baseEjectionMs: ms(10, 3_600_000),
+            maxEjectionMs: ms(10, 86_400_000),
+            maxEjectionShare: { type: 'number', minimum: 0, maximum: 1 },
+          },
+        },
+      },
+    },
     api: { type: 'object', additionalProperties: false, required: ['listen'], properties: { listen: { type: 'string', pattern: LISTEN_PATTERN, description: 'host:port' } } },
     stateDir: { type: 'string', minLength: 1 },
     services: { type: 'array', items: serviceSpecSchema, maxItems: 1000 },
@@ -93,8 +135,9 @@ export const configSchema = {
     watch: {
       type: 'object',
       additionalProperties: false,
-      required: ['waitMs', 'idleMs', 'firstAnswerTimeoutMs', 'maxBackoffMs'],
+      required: ['waitMs', 'idleMs', 'firstAnswerTimeoutMs', 'maxBackoffMs', 'maxServices'],
       properties: {
+        maxServices: { type: 'integer', minimum: 1, maximum: 180 },
         waitMs: ms(1000, 600_000),
         idleMs: ms(1000, 86_400_000),
         firstAnswerTimeoutMs: ms(10, 60_000),
@@ -117,13 +160,25 @@ function defaults(): Config {
   return {
     consul: { address: 'http://127.0.0.1:8500', requestTimeoutMs: 5000 },
     node: { name: hostname() },
-    proxy: { listen: '127.0.0.1:7700' },
+    proxy: {
+      listen: '127.0.0.1:7700',
+      retries: 2,
+      retryStatuses: [502, 503, 504],
+      retryBufferBytes: 65_536,
+      upstreamTimeoutMs: 30_000,
+      bodyTimeoutMs: 300_000,
+      connectTimeoutMs: 2000,
+      connectionsPerInstance: 64,
+      maxUrlBytes: 8192,
+      maxHeaderBytes: 16_384,
+      ejection: { consecutiveFailures: 3, baseEjectionMs: 2000, maxEjectionMs: 60_000, maxEjectionShare: 0.5 },
+    },
     api: { listen: '127.0.0.1:7701' },
     stateDir: '.tandem',
     services: [],
     upstreams: [],
     registration: { syncIntervalMs: 2000, drainMs: 2000, checkIntervalMs: 10_000, checkTimeoutMs: 5000, ttlMs: 30_000 },
-    watch: { waitMs: 55_000, idleMs: 300_000, firstAnswerTimeoutMs: 2000, maxBackoffMs: 10_000 },
+    watch: { waitMs: 55_000, idleMs: 300_000, firstAnswerTimeoutMs: 2000, maxBackoffMs: 10_000, maxServices: 100 },
     shutdownTimeoutMs: 15_000,
     log: { level: 'info' },
   };

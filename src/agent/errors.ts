@@ -1,29 +1,7 @@
 // The agent's error catalogue: every error the control API, the registrar or the Consul client raise.
-import { STATUS_CODES } from 'node:http';
-import type { ErrorBody } from '../sdk/wire.ts';
+import { TandemError } from '../sdk/tandem-error.ts';
 
-/** Base class: a stable machine-readable `code` and the HTTP status it maps to. */
-export class TandemError extends Error {
-  readonly code: string;
-  readonly statusCode: number;
-
-  constructor(code: string, statusCode: number, message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = new.target.name;
-    this.code = code;
-    this.statusCode = statusCode;
-  }
-
-  /** The response body; never carries a stack or a cause's details. */
-  toBody(): ErrorBody {
-    return {
-      statusCode: this.statusCode,
-      code: this.code,
-      error: STATUS_CODES[this.statusCode] ?? 'Error',
-      message: this.message,
-    };
-  }
-}
+export { TandemError };
 
 export class InvalidConfigError extends TandemError {
   readonly problems: readonly string[];
@@ -107,4 +85,10 @@ export class ShuttingDownError extends TandemError {
   constructor() {
     super('TANDEM_ERR_SHUTTING_DOWN', 503, 'the sidecar is shutting down');
   }
+}
+
+/** Code and message only: Consul errors must never carry a token or a whole response into a log. */
+export function errSummary(err: unknown): { code?: string; message: string } {
+  if (err instanceof TandemError) return { code: err.code, message: err.message };
+  return { message: err instanceof Error ? err.message : String(err) };
 }

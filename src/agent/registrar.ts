@@ -3,7 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import type { Registration, ServiceSpec } from '../sdk/wire.ts';
 import type { ConsulClient, LocalCheck } from './consul-client.ts';
-import { ConsulUnavailableError, NotTtlCheckError, ProtectedServiceError, ServiceNotFoundError, ShuttingDownError, TandemError } from './errors.ts';
+import { ConsulUnavailableError, errSummary, NotTtlCheckError, ProtectedServiceError, ServiceNotFoundError, ShuttingDownError } from './errors.ts';
 import { effectiveCheck, serviceId, toConsulDefinition } from './service-definition.ts';
 import type { StateStore } from './state-store.ts';
 
@@ -295,10 +295,4 @@ export class Registrar {
       health,
     };
   }
-}
-
-/** Status and message only: Consul errors must never carry a token or a whole response into a log. */
-export function errSummary(err: unknown): { code?: string; message: string } {
-  if (err instanceof TandemError) return { code: err.code, message: err.message };
-  return { message: err instanceof Error ? err.message : String(err) };
 }

@@ -7,6 +7,14 @@ import { ConsulClient } from './consul-client.ts';
 import { ControlApi } from './control-api.ts';
 import { createLogger } from './logger.ts';
 import { Registrar } from './registrar.ts';
+import { routingRoutes } from './routing-routes.ts';
+import { CatalogWatcher } from './catalog-watcher.ts';
+import { Balancer } from '../proxy/balancer.ts';
+import { Forwarder } from '../proxy/forwarder.ts';
+import { OutlierDetector } from '../proxy/outlier-detector.ts';
+import { ProxyServer } from '../proxy/proxy-server.ts';
+import { RangeCache } from '../proxy/range-cache.ts';
+import { RoutingTable } from '../proxy/routing-table.ts';
 import { StateStore } from './state-store.ts';
 import { TANDEM_VERSION } from './version.ts';
 
@@ -18,6 +26,7 @@ export interface SidecarOptions {
 
 export interface SidecarAddresses {
   api: string;
+  proxy: string;
 }
 
 export class Sidecar {
@@ -27,6 +36,10 @@ export class Sidecar {
   #store: StateStore;
   #registrar: Registrar | undefined;
   #api: ControlApi | undefined;
+  #watcher: CatalogWatcher | undefined;
+  #table: RoutingTable | undefined;
+  #forwarder: Forwarder | undefined;
+  #proxy: ProxyServer | undefined;
   #addresses: SidecarAddresses | undefined;
   #closing: Promise<void> | undefined;
 
@@ -67,6 +80,50 @@ export class Sidecar {
       configServices: c.services as ServiceSpec[],
     });
     this.#registrar = registrar;
+    // Data path: Consul watch → updates → routing table → balancer → forwarder; failures feed the outlier detector.
+    const watcher = new CatalogWatcher({ consul: this.#consul, logger: this.logger, waitMs: c.watch.waitMs, maxBackoffMs: c.watch.maxBackoffMs });
+    this.#watcher = watcher;
+    const outliers = new OutlierDetector({ ...c.proxy.ejection });
+    const forwarder = new Forwarder({
+      upstreamTimeoutMs: c.proxy.upstreamTimeoutMs,
+      bodyTimeoutMs: c.proxy.bodyTimeoutMs,
+      connectTimeoutMs: c.proxy.connectTimeoutMs,
+      connectionsPerInstance: c.proxy.connectionsPerInstance,
+    });
+    this.#forwarder = forwarder;
+    const table = new RoutingTable({
+      source: watcher,
+      firstAnswerTimeoutMs: c.watch.firstAnswerTimeoutMs,
+      idleMs: c.watch.idleMs,
+      maxServices: c.watch.maxServices,
+      upstreams: c.upstreams,
+      onRemoved: (ids) => {
+        outliers.forget(ids);
+        forwarder.forget(ids);
+      },
+    });
+    this.#table = table;
+    const balancer = new Balancer(outliers);
+    const ranges = new RangeCache();
+    const proxyListen = parseListen(c.proxy.listen);
+    const proxy = new ProxyServer({
+      host: proxyListen.host,
+      port: proxyListen.port,
+      table,
+      balancer,
+      outliers,
+      ranges,
+      forwarder,
+      logger: this.logger.child({ component: 'proxy' }),
+      retries: c.proxy.retries,
+      retryStatuses: c.proxy.retryStatuses,
+      retryBufferBytes: c.proxy.retryBufferBytes,
+      maxUrlBytes: c.proxy.maxUrlBytes,
+      maxHeaderBytes: c.proxy.maxHeaderBytes,
+      upstreamTimeoutMs: c.proxy.upstreamTimeoutMs,
+    });
+    this.#proxy = proxy;
+
     const api = new ControlApi({
       host: apiListen.host,
       port: apiListen.port,
@@ -74,7 +131,10 @@ export class Sidecar {
       version: TANDEM_VERSION,
       registrar,
       status: () => ({ consul: registrar.consulReachable === undefined ? 'unknown' : registrar.consulReachable ? 'up' : 'down' }),
+      plugins: [routingRoutes({ table, balancer, outliers, ranges })],
     });
+    const { port: proxyPort } = await proxy.start();
+    table.start();
     const { port: apiPort } = await api.start();
     this.#api = api;
     const sidecarId = `tandem-${c.node.name}-${apiPort}`;
@@ -85,26 +145,35 @@ export class Sidecar {
       version: TANDEM_VERSION,
       port: apiPort,
       tags: ['tandem-sidecar'],
-      meta: { api: `${apiListen.host}:${apiPort}`, proxy: c.proxy.listen },
+      meta: { api: `${apiListen.host}:${apiPort}`, proxy: `${proxyListen.host}:${proxyPort}` },
       check: { kind: 'http', path: '/v1/health' },
       // A sidecar listening on one address is checked there; on a wildcard, at the advertised address.
       ...(wildcard || isIP(apiListen.host) === 0 ? {} : { address: apiListen.host }),
     };
     await registrar.start(sidecarService);
-    this.#addresses = { api: `http://${apiListen.host.includes(':') ? `[${apiListen.host}]` : apiListen.host}:${apiPort}` };
-    this.logger.info({ api: this.#addresses.api, consul: this.#consul.address, node: c.node.name, version: TANDEM_VERSION }, 'tandem sidecar started');
+    this.#addresses = { api: httpUrl(apiListen.host, apiPort), proxy: httpUrl(proxyListen.host, proxyPort) };
+    this.logger.info({ api: this.#addresses.api, proxy: this.#addresses.proxy, consul: this.#consul.address, node: c.node.name, version: TANDEM_VERSION }, 'tandem sidecar started');
     return this.#addresses;
   }
 
   /** Ordered shutdown: stop taking API calls, deregister everything (with drain), release Consul. Idempotent. */
   close(): Promise<void> {
     this.#closing ??= (async () => {
+      // Deregister first (callers stop choosing us), then stop proxying, then the API and the watches.
       await this.#registrar?.close();
+      await this.#proxy?.close(this.config.shutdownTimeoutMs);
       await this.#api?.close();
+      this.#table?.close();
+      this.#watcher?.close();
+      await this.#forwarder?.close();
       this.#consul.close();
       this.logger.info('tandem sidecar stopped');
       this.logger.flush();
     })();
     return this.#closing;
   }
+}
+
+function httpUrl(host: string, port: number): string {
+  return `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
 }

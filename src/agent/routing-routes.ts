@@ -1,0 +1,81 @@
+// Control API routes over the proxy's routing view: instances of a service (with ejection state) and resolve-one.
+import type { FastifyInstance } from 'fastify';
+import type { Balancer } from '../proxy/balancer.ts';
+import type { Endpoint } from '../proxy/endpoint-source.ts';
+import { NoHealthyInstanceError, UnknownServiceError } from '../proxy/errors.ts';
+import type { OutlierDetector } from '../proxy/outlier-detector.ts';
+import type { RangeCache } from '../proxy/range-cache.ts';
+import type { RoutingTable } from '../proxy/routing-table.ts';
+import type { RoutePlugin } from './control-api.ts';
+import { SERVICE_NAME_PATTERN } from './schemas.ts';
+
+export interface RoutingRoutesDeps {
+  table: RoutingTable;
+  balancer: Balancer;
+  outliers: OutlierDetector;
+  ranges: RangeCache;
+}
+
+const params = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['service'],
+  properties: { service: { type: 'string', pattern: SERVICE_NAME_PATTERN, description: 'a service name (DNS label)' } },
+} as const;
+
+export function routingRoutes(deps: RoutingRoutesDeps): RoutePlugin {
+  const describe = (e: Endpoint, now: number) => {
+    const ej = deps.outliers.view(e.id, now);
+    return {
+      id: e.id,
+      address: e.address,
+      port: e.port,
+      version: e.version,
+      node: e.node,
+      healthy: e.healthy,
+      ejected: ej.ejected,
+      ...(ej.ejectedUntil !== undefined ? { ejectedUntil: new Date(ej.ejectedUntil).toISOString() } : {}),
+    };
+  };
+
+  return (app: FastifyInstance) => {
+    app.get<{ Params: { service: string }; Querystring: { range?: string } }>(
+      '/v1/instances/:service',
+      { schema: { params, querystring: { type: 'object', additionalProperties: false, properties: { range: { type: 'string', maxLength: 256 } } } } },
+      async (req) => {
+        const range = req.query.range?.trim() ?? '';
+        const parsed = range === '' ? null : deps.ranges.get(range);
+        const set = await deps.table.get(req.params.service);
+        const now = Date.now();
+        const subset = set.subset(range, parsed);
+        return {
+          service: req.params.service,
+          range: range || null,
+          viewAgeMs: now - set.updatedAt,
+          versions: set.versions,
+          instances: subset.members.map((e) => describe(e, now)),
+        };
+      },
+    );
+
+    app.get<{ Params: { service: string }; Querystring: { range?: string; stickyId?: string } }>(
+      '/v1/resolve/:service',
+      {
+        schema: {
+          params,
+          querystring: { type: 'object', additionalProperties: false, properties: { range: { type: 'string', maxLength: 256 }, stickyId: { type: 'string', maxLength: 1024 } } },
+        },
+      },
+      async (req) => {
+        const range = req.query.range?.trim() ?? '';
+        const parsed = range === '' ? null : deps.ranges.get(range);
+        const set = await deps.table.get(req.params.service);
+        if (set.all.length === 0) throw new UnknownServiceError(req.params.service);
+        const picked = deps.balancer.pick(set.subset(range, parsed), { stickyId: req.query.stickyId });
+        if (!picked) throw new NoHealthyInstanceError(req.params.service, range || undefined, set.versions, set.healthyVersions);
+        const e = picked.endpoint;
+        return { id: e.id, address: e.address, port: e.port, version: e.version, node: e.node, moved: picked.moved };
+      },
+    );
+  };
+}

@@ -1,0 +1,81 @@
+// Immutable per-service endpoint sets; each caches, per requested range, its subset and that subset's hash ring.
+import HashRing from 'hashring';
+import type semver from 'semver';
+import type { Endpoint, Update } from './endpoint-source.ts';
+
+/** The instances of one set whose version is in one range. Built once per set and range. */
+export class Subset {
+  /** In range, any health; sticky rings are built over these so an unhealthy owner shows as "moved". */
+  readonly members: readonly Endpoint[];
+  /** In range and passing in Consul. */
+  readonly healthy: readonly Endpoint[];
+  readonly byId: ReadonlyMap<string, Endpoint>;
+  /** Round-robin position; the only mutable field, owned by the balancer. */
+  cursor = 0;
+  #ring: HashRing | undefined;
+
+  constructor(members: readonly Endpoint[]) {
+    this.members = members;
+    this.healthy = members.filter((e) => e.healthy);
+    this.byId = new Map(members.map((e) => [e.id, e]));
+  }
+
+  /** The consistent-hash ring over `members`, built on first sticky use and then reused. */
+  ring(): HashRing {
+    this.#ring ??= new HashRing(this.members.map((e) => e.id));
+    return this.#ring;
+  }
+}
+
+export class EndpointSet {
+  readonly service: string;
+  /** Sorted by id: Consul's `?passing` filtering reorders, and hashing must not depend on order. */
+  readonly all: readonly Endpoint[];
+  readonly byId: ReadonlyMap<string, Endpoint>;
+  /** Distinct versions in the catalog, sorted; for error messages. */
+  readonly versions: readonly string[];
+  readonly healthyVersions: readonly string[];
+  /** When this view was built (ms since epoch). */
+  readonly updatedAt: number;
+  #subsets = new Map<string, Subset>();
+
+  constructor(service: string, endpoints: readonly Endpoint[], updatedAt = Date.now()) {
+    this.service = service;
+    this.all = [...endpoints].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+    this.byId = new Map(this.all.map((e) => [e.id, e]));
+    this.versions = distinct(this.all.map((e) => e.version));
+    this.healthyVersions = distinct(this.all.filter((e) => e.healthy).map((e) => e.version));
+    this.updatedAt = updatedAt;
+  }
+
+  /** A new set with the update applied; this one is left as it is. */
+  apply(update: Update): EndpointSet {
+    switch (update.kind) {
+      case 'reset':
+        return new EndpointSet(this.service, update.endpoints);
+      case 'add': {
+        const next = new Map(this.byId);
+        for (const e of update.endpoints) next.set(e.id, e);
+        return new EndpointSet(this.service, [...next.values()]);
+      }
+      case 'remove': {
+        const gone = new Set(update.ids);
+        return new EndpointSet(this.service, this.all.filter((e) => !gone.has(e.id)));
+      }
+    }
+  }
+
+  /** The subset for a range (`key` is the range as requested; '' = no range). Cached for this set's life. */
+  subset(key: string, range: semver.Range | null): Subset {
+    let s = this.#subsets.get(key);
+    if (!s) {
+      s = new Subset(range ? this.all.filter((e) => e.semver !== null && range.test(e.semver)) : this.all);
+      this.#subsets.set(key, s);
+    }
+    return s;
+  }
+}
+
+function distinct(values: string[]): string[] {
+  return [...new Set(values.filter((v) => v !== ''))].sort();
+}

@@ -1,0 +1,37 @@
+// The proxy's only view of the catalog: per-service update streams (reset/add/remove) from any source.
+import type { SemVer } from 'semver';
+
+/** One instance of a service, as the proxy routes to it. */
+export interface Endpoint {
+  /** Consul service id: unique, stable across updates. */
+  readonly id: string;
+  readonly service: string;
+  readonly address: string;
+  readonly port: number;
+  /** `Meta.version`, or '' when the instance has none (then only range-less requests reach it). */
+  readonly version: string;
+  /** Parsed once per catalog update; null when `version` is not semver. */
+  readonly semver: SemVer | null;
+  readonly node: string;
+  /** Consul says every check passes. */
+  readonly healthy: boolean;
+}
+
+export type Update =
+  | { readonly kind: 'reset'; readonly endpoints: readonly Endpoint[] }
+  /** Added, or changed (health, address, version): replaces the instance with the same id. */
+  | { readonly kind: 'add'; readonly endpoints: readonly Endpoint[] }
+  | { readonly kind: 'remove'; readonly ids: readonly string[] };
+
+export interface Subscription {
+  /** Stops this subscriber's updates; the source stops watching when nobody listens. */
+  close(): void;
+}
+
+export interface EndpointSource {
+  /**
+   * Starts (or shares) a watch of `service`. The first update a subscriber gets is a `reset`, sent as
+   * soon as the source has a first answer (at once when it already has one).
+   */
+  subscribe(service: string, onUpdate: (update: Update) => void): Subscription;
+}

@@ -1,0 +1,100 @@
+// The proxy's error catalogue: every error the data path answers with, each with a stable code and status.
+import { TandemError } from '../sdk/tandem-error.ts';
+
+export { TandemError };
+
+export class BadTargetError extends TandemError {
+  constructor(message: string) {
+    super('TANDEM_ERR_BAD_TARGET', 400, message);
+  }
+}
+
+export class BadRangeError extends TandemError {
+  constructor(range: string) {
+    super('TANDEM_ERR_BAD_RANGE', 400, `'${range}' is not a valid semver range (try ^1.2, ~2.0.1, >=1 <3, 1.x || 2.x)`);
+  }
+}
+
+export class BadPathError extends TandemError {
+  constructor(message: string) {
+    super('TANDEM_ERR_BAD_PATH', 400, message);
+  }
+}
+
+export class ForeignHostError extends TandemError {
+  constructor(host: string) {
+    super('TANDEM_ERR_FOREIGN_HOST', 403, `'${host}' is not a catalog service: Tandem only proxies to <service>.service.consul (it is not an open proxy)`);
+  }
+}
+
+export class MethodNotAllowedError extends TandemError {
+  constructor(method: string) {
+    super('TANDEM_ERR_METHOD_NOT_ALLOWED', 405, `${method} is not supported: Tandem is not an open proxy`);
+  }
+}
+
+export class UrlTooLongError extends TandemError {
+  constructor(limit: number) {
+    super('TANDEM_ERR_URL_TOO_LONG', 414, `the request URL is longer than ${limit} bytes`);
+  }
+}
+
+export class HeadersTooLargeError extends TandemError {
+  constructor() {
+    super('TANDEM_ERR_HEADERS_TOO_LARGE', 431, 'the request headers are too large');
+  }
+}
+
+export class TrailerNotSupportedError extends TandemError {
+  constructor() {
+    super('TANDEM_ERR_TRAILER_NOT_SUPPORTED', 400, 'requests declaring trailers (a Trailer header) are not proxied');
+  }
+}
+
+export class UnknownServiceError extends TandemError {
+  constructor(service: string) {
+    super('TANDEM_ERR_UNKNOWN_SERVICE', 503, `no service named '${service}' is in the catalog`);
+  }
+}
+
+export class NoHealthyInstanceError extends TandemError {
+  constructor(service: string, range: string | undefined, versions: readonly string[], healthyVersions: readonly string[]) {
+    const want = range ? ` in range '${range}'` : '';
+    super(
+      'TANDEM_ERR_NO_HEALTHY_INSTANCE',
+      503,
+      `no healthy instance of '${service}'${want}; versions in the catalog: ${versions.length ? versions.join(', ') : 'none'}` +
+        `; healthy: ${healthyVersions.length ? healthyVersions.join(', ') : 'none'}`,
+    );
+  }
+}
+
+export class InstanceNotFoundError extends TandemError {
+  constructor(service: string, id: string) {
+    super('TANDEM_ERR_INSTANCE_NOT_FOUND', 503, `instance '${id}' of '${service}' is not a healthy instance in range (gone, critical or ejected)`);
+  }
+}
+
+export class CatalogUnavailableError extends TandemError {
+  constructor(service: string, waitedMs: number) {
+    super('TANDEM_ERR_CATALOG_UNAVAILABLE', 503, `no catalog answer for '${service}' within ${waitedMs} ms (is Consul reachable?)`);
+  }
+}
+
+export class TooManyServicesError extends TandemError {
+  constructor(limit: number) {
+    super('TANDEM_ERR_TOO_MANY_SERVICES', 503, `the sidecar already watches ${limit} services (watch.maxServices)`);
+  }
+}
+
+export class UpstreamFailedError extends TandemError {
+  constructor(service: string, tries: number, reason: string, options?: { cause?: unknown }) {
+    super('TANDEM_ERR_UPSTREAM_FAILED', 502, `'${service}' failed after ${tries} ${tries === 1 ? 'try' : 'tries'}: ${reason}`, options);
+  }
+}
+
+export class UpstreamTimeoutError extends TandemError {
+  constructor(service: string, timeoutMs: number) {
+    super('TANDEM_ERR_UPSTREAM_TIMEOUT', 504, `'${service}' did not answer within ${timeoutMs} ms`);
+  }
+}

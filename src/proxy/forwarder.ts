@@ -1,0 +1,174 @@
+// Sends one attempt of a request to one instance with undici (keep-alive pool per instance), streaming both ways.
+import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
+import type { Duplex, Readable } from 'node:stream';
+import { Pool, type Dispatcher } from 'undici';
+import type { Endpoint } from './endpoint-source.ts';
+import { stripResponseHeaders } from './headers.ts';
+
+export interface ForwarderOptions {
+  /** Time to wait for the upstream's response headers; beyond it, 504 (or a retry). */
+  upstreamTimeoutMs: number;
+  /** Longest pause between two body chunks; 0 = none (long-lived streams). */
+  bodyTimeoutMs: number;
+  connectTimeoutMs: number;
+  connectionsPerInstance: number;
+}
+
+export type RequestBody = { kind: 'none' } | { kind: 'buffer'; data: Buffer } | { kind: 'stream'; stream: Readable };
+
+export type AttemptResult =
+  | { kind: 'done'; status: number }
+  | { kind: 'failed'; reason: string; timeout: boolean; /** The request never reached the app (refused, connect timeout). */ unsent: boolean; status?: number };
+
+export interface AttemptOptions {
+  endpoint: Endpoint;
+  method: string;
+  path: string;
+  headers: string[];
+  body: RequestBody;
+  /** Answer with these statuses as a failure instead of passing them on (the caller will retry). */
+  retryStatuses: ReadonlySet<number> | undefined;
+  /** Extra response headers (x-tandem-instance, x-tandem-sticky). */
+  extraHeaders: readonly [string, string][];
+}
+
+const UNSENT_CODES = new Set(['ECONNREFUSED', 'UND_ERR_CONNECT_TIMEOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRNOTAVAIL', 'ENOTFOUND']);
+
+export class Forwarder {
+  #o: ForwarderOptions;
+  #pools = new Map<string, { key: string; pool: Pool }>();
+
+  constructor(opts: ForwarderOptions) {
+    this.#o = opts;
+  }
+
+  /** The keep-alive pool of one instance (replaced if its address changed). */
+  pool(endpoint: Endpoint): Pool {
+    const key = `${endpoint.address}:${endpoint.port}`;
+    const cur = this.#pools.get(endpoint.id);
+    if (cur && cur.key === key) return cur.pool;
+    if (cur) void cur.pool.close().catch(() => undefined);
+    const host = endpoint.address.includes(':') ? `[${endpoint.address}]` : endpoint.address;
+    const pool = new Pool(`http://${host}:${endpoint.port}`, {
+      connections: this.#o.connectionsPerInstance,
+      keepAliveTimeout: 4000,
+      connect: { timeout: this.#o.connectTimeoutMs },
+    });
+    this.#pools.set(endpoint.id, { key, pool });
+    return pool;
+  }
+
+  /** Closes the pools of instances that left the catalog. */
+  forget(ids: Iterable<string>): void {
+    for (const id of ids) {
+      const cur = this.#pools.get(id);
+      if (cur) {
+        this.#pools.delete(id);
+        void cur.pool.destroy().catch(() => undefined);
+      }
+    }
+  }
+
+  async close(): Promise<void> {
+    const pools = [...this.#pools.values()];
+    this.#pools.clear();
+    await Promise.all(pools.map((p) => p.pool.destroy().catch(() => undefined)));
+  }
+
+  /**
+   * One try. Resolves `failed` only while nothing was sent to the client (so the caller may fail over);
+   * once the response has started it is streamed to the end (or the client connection is cut).
+   */
+  attempt(req: IncomingMessage, res: ServerResponse, o: AttemptOptions): Promise<AttemptResult> {
+    return new Promise((resolve) => {
+      let controller: Dispatcher.DispatchController | undefined;
+      let started = false;
+      let retryStatus: number | undefined;
+      let settled = false;
+      let status = 0;
+      const onClientClose = () => {
+        // The client went away before the response finished: cancel the upstream request.
+        if (!res.writableFinished) controller?.abort(new Error('client closed the connection'));
+      };
+      const finish = (r: AttemptResult) => {
+        if (settled) return;
+        settled = true;
+        res.removeListener('close', onClientClose);
+        resolve(r);
+      };
+      res.once('close', onClientClose);
+      const timeoutMs = this.#o.upstreamTimeoutMs;
+
+      const handler: Dispatcher.DispatchHandler = {
+        onRequestStart(c) {
+          controller = c;
+          if (res.destroyed) c.abort(new Error('client closed the connection'));
+        },
+        onResponseStart(c, statusCode, headers) {
+          if (statusCode < 200) return; // 1xx: informational, the final answer follows
+          status = statusCode;
+          if (o.retryStatuses?.has(statusCode)) {
+            retryStatus = statusCode;
+            c.abort(new Error(`upstream answered ${statusCode}`));
+            return;
+          }
+          started = true;
+          const h = stripResponseHeaders(headers as IncomingHttpHeaders) as Record<string, string | string[] | undefined>;
+          for (const [k, v] of o.extraHeaders) h[k] = v;
+          res.writeHead(statusCode, h);
+          // Streams (SSE, chunked) must show their headers now, not with the first chunk.
+          if (h['content-length'] === undefined) res.flushHeaders();
+        },
+        onResponseData(c, chunk) {
+          if (!res.write(chunk)) {
+            c.pause();
+            res.once('drain', () => c.resume());
+          }
+        },
+        onResponseEnd() {
+          res.end();
+          finish({ kind: 'done', status });
+        },
+        onResponseError(_c, err) {
+          if (started) {
+            // Mid-stream failure: nothing can be retried; cut the client so it sees a broken response.
+            res.destroy(err);
+            finish({ kind: 'done', status });
+            return;
+          }
+          if (retryStatus !== undefined) {
+            finish({ kind: 'failed', reason: `answered ${retryStatus}`, timeout: false, unsent: false, status: retryStatus });
+            return;
+          }
+          const code = (err as { code?: string }).code ?? '';
+          const timeout = code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_CONNECT_TIMEOUT';
+          finish({
+            kind: 'failed',
+            reason: code === 'UND_ERR_HEADERS_TIMEOUT' ? `no response within ${timeoutMs} ms` : `${code || err.message}`,
+            timeout,
+            unsent: UNSENT_CODES.has(code),
+          });
+        },
+      };
+
+      const body = o.body.kind === 'none' ? null : o.body.kind === 'buffer' ? o.body.data : o.body.stream;
+      this.pool(o.endpoint).dispatch(
+        {
+          path: o.path,
+          method: o.method as Dispatcher.HttpMethod,
+          headers: o.headers,
+          body,
+          headersTimeout: timeoutMs,
+          bodyTimeout: this.#o.bodyTimeoutMs,
+        },
+        handler,
+      );
+    });
+  }
+
+  /** Opens a WebSocket (or other upgrade) connection to one instance. */
+  async upgrade(endpoint: Endpoint, path: string, headers: string[], protocol: string): Promise<{ headers: IncomingHttpHeaders; socket: Duplex }> {
+    const r = await this.pool(endpoint).upgrade({ path, method: 'GET', headers, protocol, headersTimeout: this.#o.upstreamTimeoutMs } as Dispatcher.UpgradeOptions);
+    return { headers: r.headers as IncomingHttpHeaders, socket: r.socket };
+  }
+}

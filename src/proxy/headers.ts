@@ -1,0 +1,46 @@
+// Hop-by-hop header handling for both directions, on Node's flat rawHeaders arrays and undici's header objects.
+import type { IncomingHttpHeaders } from 'node:http';
+
+/** Never forwarded: meaningful for one connection only (RFC 9110 §7.6.1), plus ones we set ourselves. */
+const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'proxy-authorization', 'proxy-authenticate', 'host', 'expect', 'http2-settings']);
+
+function connectionListed(value: string | string[] | undefined): Set<string> | undefined {
+  if (value === undefined) return undefined;
+  const v = Array.isArray(value) ? value.join(',') : value;
+  if (v === '' || v === 'keep-alive' || v === 'close') return undefined;
+  return new Set(v.toLowerCase().split(',').map((s) => s.trim()).filter(Boolean));
+}
+
+/**
+ * Request headers for the upstream, as a flat [name, value, ...] array: hop-by-hop ones dropped,
+ * `x-forwarded-*` added. Upgrades keep the websocket handshake headers (undici adds connection/upgrade).
+ */
+export function upstreamRequestHeaders(rawHeaders: readonly string[], headers: IncomingHttpHeaders, remoteAddress: string | undefined): string[] {
+  const listed = connectionListed(headers.connection);
+  const out: string[] = [];
+  let forwardedFor: string | undefined;
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i] as string;
+    const lower = name.toLowerCase();
+    if (HOP_BY_HOP.has(lower) || listed?.has(lower)) continue;
+    if (lower === 'x-forwarded-for') {
+      forwardedFor = forwardedFor ? `${forwardedFor}, ${rawHeaders[i + 1]}` : (rawHeaders[i + 1] as string);
+      continue;
+    }
+    if (lower === 'x-forwarded-proto' || lower === 'x-forwarded-host') continue;
+    out.push(name, rawHeaders[i + 1] as string);
+  }
+  const remote = remoteAddress ?? 'unknown';
+  out.push('x-forwarded-for', forwardedFor ? `${forwardedFor}, ${remote}` : remote, 'x-forwarded-proto', 'http');
+  if (headers.host !== undefined) out.push('x-forwarded-host', headers.host);
+  return out;
+}
+
+/** Response headers for the client: hop-by-hop ones removed in place. */
+export function stripResponseHeaders(headers: IncomingHttpHeaders): IncomingHttpHeaders {
+  const listed = connectionListed(headers.connection);
+  for (const name of Object.keys(headers)) {
+    if ((HOP_BY_HOP.has(name) && name !== 'host') || listed?.has(name)) delete headers[name];
+  }
+  return headers;
+}

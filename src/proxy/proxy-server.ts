@@ -1,0 +1,235 @@
+// The proxy listener (plain node:http): addressing, picking, failover, and the one place errors become responses.
+import { createServer, STATUS_CODES, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
+import type { Logger } from 'pino';
+import type { Balancer, Picked } from './balancer.ts';
+import type { Endpoint } from './endpoint-source.ts';
+import type { EndpointSet, Subset } from './endpoint-set.ts';
+import {
+  HeadersTooLargeError, InstanceNotFoundError, MethodNotAllowedError, NoHealthyInstanceError, TandemError,
+  TrailerNotSupportedError, UnknownServiceError, UpstreamFailedError, UpstreamTimeoutError, UrlTooLongError, BadTargetError,
+} from './errors.ts';
+import type { AttemptResult, Forwarder, RequestBody } from './forwarder.ts';
+import { upstreamRequestHeaders } from './headers.ts';
+import type { OutlierDetector } from './outlier-detector.ts';
+import type { RangeCache } from './range-cache.ts';
+import type { RoutingTable } from './routing-table.ts';
+import { parseTarget, type Target } from './target.ts';
+
+export interface ProxyServerOptions {
+  host: string;
+  port: number;
+  table: RoutingTable;
+  balancer: Balancer;
+  outliers: OutlierDetector;
+  ranges: RangeCache;
+  forwarder: Forwarder;
+  logger: Logger;
+  /** Extra tries on other instances after a failed one. */
+  retries: number;
+  /** Upstream statuses treated as a failed try (default 502, 503, 504). */
+  retryStatuses: readonly number[];
+  /** Request bodies up to this size are buffered so a retry can resend them; larger ones stream, unretried. */
+  retryBufferBytes: number;
+  maxUrlBytes: number;
+  maxHeaderBytes: number;
+  upstreamTimeoutMs: number;
+}
+
+const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE']);
+
+export class ProxyServer {
+  #o: ProxyServerOptions;
+  #server: Server;
+  #retryStatuses: ReadonlySet<number>;
+
+  constructor(opts: ProxyServerOptions) {
+    this.#o = opts;
+    this.#retryStatuses = new Set(opts.retryStatuses);
+    this.#server = createServer({ maxHeaderSize: opts.maxHeaderBytes, keepAliveTimeout: 5000, requestTimeout: 0 }, (req, res) => void this.#handle(req, res));
+    this.#server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
+      const e = err.code === 'HPE_HEADER_OVERFLOW' ? new HeadersTooLargeError() : new BadTargetError('malformed HTTP request');
+      writeRawError(socket, e);
+    });
+    // CONNECT would make us a tunnel to anywhere: refused.
+    this.#server.on('connect', (req: IncomingMessage, socket: Duplex) => writeRawError(socket, new MethodNotAllowedError(req.method ?? 'CONNECT')));
+    this.#server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => void this.#upgrade(req, socket, head));
+  }
+
+  async start(): Promise<{ host: string; port: number }> {
+    await new Promise<void>((resolve, reject) => {
+      this.#server.once('error', reject);
+      this.#server.listen(this.#o.port, this.#o.host, () => {
+        this.#server.removeListener('error', reject);
+        resolve();
+      });
+    });
+    const addr = this.#server.address();
+    return { host: this.#o.host, port: typeof addr === 'object' && addr ? addr.port : this.#o.port };
+  }
+
+  /** Stops accepting; lets in-flight requests finish for up to `graceMs`, then cuts the rest. */
+  async close(graceMs = 5000): Promise<void> {
+    const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
+    this.#server.closeIdleConnections();
+    const timer = setTimeout(() => this.#server.closeAllConnections(), graceMs);
+    await closed;
+    clearTimeout(timer);
+  }
+
+  async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    try {
+      const url = req.url ?? '/';
+      if (url.length > this.#o.maxUrlBytes) throw new UrlTooLongError(this.#o.maxUrlBytes);
+      if (req.headers.trailer !== undefined) throw new TrailerNotSupportedError();
+      const target = parseTarget(url, header(req, 'x-tandem-version'));
+      const range = target.range === '' ? null : this.#o.ranges.get(target.range);
+      const set = this.#o.table.current(target.service) ?? (await this.#o.table.get(target.service));
+      if (set.all.length === 0) throw new UnknownServiceError(target.service);
+      const subset = set.subset(target.range, range);
+      await this.#forward(req, res, target, set, subset);
+    } catch (err) {
+      this.#sendError(res, err);
+    }
+  }
+
+  async #forward(req: IncomingMessage, res: ServerResponse, target: Target, set: EndpointSet, subset: Subset): Promise<void> {
+    const method = req.method ?? 'GET';
+    const pin = header(req, 'x-tandem-instance');
+    const stickyId = header(req, 'x-stickyid');
+    const body = await readBody(req, this.#o.retryBufferBytes);
+    const replayable = body.kind !== 'stream';
+    const safeAfterReach = replayable && (IDEMPOTENT.has(method) || req.headers['idempotency-key'] !== undefined);
+    const headers = upstreamRequestHeaders(req.rawHeaders, req.headers, req.socket.remoteAddress);
+    const maxTries = 1 + this.#o.retries;
+    const tried = new Set<string>();
+    let last: Extract<AttemptResult, { kind: 'failed' }> | undefined;
+
+    for (let attempt = 0; attempt < maxTries; attempt++) {
+      const picked = pin !== undefined ? this.#pinned(set, subset, pin, tried) : this.#o.balancer.pick(subset, { stickyId, exclude: tried });
+      if (!picked) {
+        if (attempt === 0) throw new NoHealthyInstanceError(target.service, target.range || undefined, set.versions, set.healthyVersions);
+        break;
+      }
+      const { endpoint } = picked;
+      tried.add(endpoint.id);
+      const lastTry = attempt + 1 >= maxTries;
+      const result = await this.#o.forwarder.attempt(req, res, {
+        endpoint,
+        method,
+        path: target.path,
+        headers,
+        body,
+        retryStatuses: safeAfterReach && !lastTry ? this.#retryStatuses : undefined,
+        extraHeaders: extraHeaders(endpoint, picked),
+      });
+      if (result.kind === 'done') {
+        this.#o.outliers.report(endpoint, this.#retryStatuses.has(result.status) ? 'failure' : 'success');
+        return;
+      }
+      this.#o.outliers.report(endpoint, 'failure');
+      last = result;
+      if (res.destroyed) return; // the client left: nobody to answer
+      const retryable = (result.unsent && replayable) || safeAfterReach;
+      if (!retryable) break;
+      this.#o.logger.debug({ service: target.service, instance: endpoint.id, reason: result.reason }, 'failing over to another instance');
+    }
+    if (last?.timeout && !last.unsent) throw new UpstreamTimeoutError(target.service, this.#o.upstreamTimeoutMs);
+    throw new UpstreamFailedError(target.service, tried.size, last ? `last try ${last.reason}` : 'no instance left to try');
+  }
+
+  #pinned(set: EndpointSet, subset: Subset, id: string, tried: ReadonlySet<string>): Picked | undefined {
+    if (tried.has(id)) return undefined;
+    const e = subset.byId.get(id);
+    if (!e || !e.healthy) throw new InstanceNotFoundError(set.service, id);
+    return { endpoint: e, moved: false };
+  }
+
+  async #upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    socket.on('error', () => socket.destroy());
+    try {
+      const url = req.url ?? '/';
+      if (url.length > this.#o.maxUrlBytes) throw new UrlTooLongError(this.#o.maxUrlBytes);
+      const target = parseTarget(url, header(req, 'x-tandem-version'));
+      const range = target.range === '' ? null : this.#o.ranges.get(target.range);
+      const set = this.#o.table.current(target.service) ?? (await this.#o.table.get(target.service));
+      if (set.all.length === 0) throw new UnknownServiceError(target.service);
+      const subset = set.subset(target.range, range);
+      const pin = header(req, 'x-tandem-instance');
+      const picked = pin !== undefined ? this.#pinned(set, subset, pin, new Set()) : this.#o.balancer.pick(subset, { stickyId: header(req, 'x-stickyid') });
+      if (!picked) throw new NoHealthyInstanceError(target.service, target.range || undefined, set.versions, set.healthyVersions);
+      const headers = upstreamRequestHeaders(req.rawHeaders, req.headers, req.socket.remoteAddress);
+      let up;
+      try {
+        up = await this.#o.forwarder.upgrade(picked.endpoint, target.path, headers, header(req, 'upgrade') ?? 'websocket');
+      } catch (err) {
+        this.#o.outliers.report(picked.endpoint, 'failure');
+        throw new UpstreamFailedError(target.service, 1, (err as { code?: string }).code ?? (err as Error).message, { cause: err });
+      }
+      this.#o.outliers.report(picked.endpoint, 'success');
+      const lines = ['HTTP/1.1 101 Switching Protocols', 'connection: Upgrade', `upgrade: ${header(req, 'upgrade') ?? 'websocket'}`];
+      for (const [k, v] of Object.entries(up.headers)) {
+        if (k === 'connection' || k === 'upgrade' || v === undefined) continue;
+        for (const one of Array.isArray(v) ? v : [v]) lines.push(`${k}: ${one}`);
+      }
+      for (const [k, v] of extraHeaders(picked.endpoint, picked)) lines.push(`${k}: ${v}`);
+      socket.write(`${lines.join('\r\n')}\r\n\r\n`);
+      if (head.length > 0) up.socket.write(head);
+      up.socket.on('error', () => socket.destroy());
+      up.socket.on('close', () => socket.destroy());
+      socket.on('close', () => up.socket.destroy());
+      up.socket.pipe(socket);
+      socket.pipe(up.socket);
+    } catch (err) {
+      writeRawError(socket, toTandemError(err));
+    }
+  }
+
+  /** The one place a proxy error becomes a response. */
+  #sendError(res: ServerResponse, err: unknown): void {
+    const e = toTandemError(err);
+    if (e.statusCode >= 500 && e.code === 'TANDEM_ERR_INTERNAL') this.#o.logger.error({ err: { message: (err as Error).message } }, 'proxy internal error');
+    if (res.headersSent || res.destroyed) {
+      res.destroy();
+      return;
+    }
+    const body = JSON.stringify(e.toBody());
+    res.writeHead(e.statusCode, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body), 'x-tandem-error': e.code });
+    res.end(body);
+  }
+}
+
+function toTandemError(err: unknown): TandemError {
+  return err instanceof TandemError ? err : new TandemError('TANDEM_ERR_INTERNAL', 500, 'internal error', { cause: err });
+}
+
+function extraHeaders(endpoint: Endpoint, picked: Picked): [string, string][] {
+  return picked.moved ? [['x-tandem-instance', endpoint.id], ['x-tandem-sticky', 'moved']] : [['x-tandem-instance', endpoint.id]];
+}
+
+function header(req: IncomingMessage, name: string): string | undefined {
+  const v = req.headers[name];
+  return Array.isArray(v) ? v[0] : v;
+}
+
+/** Small bodies (by Content-Length) are read into memory so a retry can resend them; others stream. */
+async function readBody(req: IncomingMessage, limit: number): Promise<RequestBody> {
+  const cl = req.headers['content-length'];
+  const chunked = req.headers['transfer-encoding'] !== undefined;
+  if (!chunked && (cl === undefined || cl === '0')) return { kind: 'none' };
+  if (chunked || Number(cl) > limit) return { kind: 'stream', stream: req };
+  const chunks: Buffer[] = [];
+  for await (const c of req) chunks.push(c as Buffer);
+  return { kind: 'buffer', data: Buffer.concat(chunks) };
+}
+
+function writeRawError(socket: Duplex, e: TandemError): void {
+  if (!socket.writable) {
+    socket.destroy();
+    return;
+  }
+  const body = JSON.stringify(e.toBody());
+  socket.end(
+    `HTTP/1.1 ${e.statusCode} ${STATUS_CODES[e.statusCode] ?? 'Error'}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\nx-tandem-error: ${e.code}\r\nconnection: close\r\n\r\n${body}`,
+  );
+}

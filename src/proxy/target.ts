@@ -1,0 +1,75 @@
+// Addressing: turns a request line into (service, range, upstream path), refusing anything that is not a catalog service.
+import { BadPathError, BadTargetError, ForeignHostError } from './errors.ts';
+
+export interface Target {
+  service: string;
+  /** The range as requested ('' = any version); the cache key for subsets. */
+  range: string;
+  /** Path and query for the upstream, starting with '/'. */
+  path: string;
+}
+
+const SERVICE = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
+const CONSUL_HOST = /^([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)\.service(?:\.consul)?\.?$/;
+// `..` as a whole segment, raw or percent-encoded; encoded slashes and backslashes anywhere in the path.
+const TRAVERSAL = /(?:^|\/)(?:\.|%2e){2}(?:\/|$)/i;
+const ENCODED_SEPARATOR = /%2f|%5c|\\/i;
+
+/**
+ * Path form `/<service>[@<range>]/<rest>` (the range may be URL-encoded) or absolute form
+ * `http://<service>.service[.consul]/<rest>` with the range from `X-Tandem-Version`.
+ */
+export function parseTarget(url: string, versionHeader: string | undefined): Target {
+  if (url.charCodeAt(0) === 47 /* / */) return parsePathForm(url);
+  if (url.startsWith('http://') || url.startsWith('https://')) return parseAbsoluteForm(url, versionHeader);
+  throw new BadTargetError(`cannot route '${url.slice(0, 100)}': use /<service>[@<range>]/<path> or http://<service>.service.consul/<path>`);
+}
+
+function parsePathForm(url: string): Target {
+  let end = url.indexOf('/', 1);
+  const q = url.indexOf('?');
+  if (end === -1 || (q !== -1 && q < end)) end = q === -1 ? url.length : q;
+  const segment = url.slice(1, end);
+  let rest = url.slice(end);
+  if (rest === '' || rest.charCodeAt(0) === 63 /* ? */) rest = `/${rest}`;
+  let decoded: string;
+  try {
+    decoded = segment.includes('%') ? decodeURIComponent(segment) : segment;
+  } catch {
+    throw new BadTargetError(`'${segment.slice(0, 100)}' is not valid percent-encoding`);
+  }
+  const at = decoded.indexOf('@');
+  const service = at === -1 ? decoded : decoded.slice(0, at);
+  const range = at === -1 ? '' : decoded.slice(at + 1).trim();
+  if (!SERVICE.test(service)) {
+    throw new BadTargetError(
+      service === '' ? 'no service in the path: use /<service>[@<range>]/<path>' : `'${service.slice(0, 100)}' is not a service name (a DNS label: lowercase letters, digits, dashes)`,
+    );
+  }
+  if (at !== -1 && range === '') throw new BadTargetError(`empty version range after '${service}@'`);
+  checkPath(rest);
+  return { service, range, path: rest };
+}
+
+function parseAbsoluteForm(url: string, versionHeader: string | undefined): Target {
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    throw new BadTargetError(`'${url.slice(0, 100)}' is not a valid URL`);
+  }
+  const m = CONSUL_HOST.exec(parsed.hostname);
+  if (!m || parsed.protocol !== 'http:' || parsed.username || parsed.password) throw new ForeignHostError(parsed.host.slice(0, 255));
+  // Only the raw path (new URL() would have resolved `..` and hidden it).
+  const afterHost = url.indexOf('/', url.indexOf('//') + 2);
+  const path = afterHost === -1 ? `/${parsed.search}` : url.slice(afterHost);
+  checkPath(path);
+  return { service: m[1] as string, range: versionHeader?.trim() ?? '', path };
+}
+
+function checkPath(path: string): void {
+  const q = path.indexOf('?');
+  const pathname = q === -1 ? path : path.slice(0, q);
+  if (TRAVERSAL.test(pathname)) throw new BadPathError("'..' path segments are not proxied");
+  if (ENCODED_SEPARATOR.test(pathname)) throw new BadPathError('encoded slashes and backslashes in the path are not proxied');
+}
