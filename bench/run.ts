@@ -257,6 +257,8 @@ interface Measurement {
   errors: number;
   timeouts: number;
   non2xx: number;
+  /** Average bytes read per response (headers + body): shows that full responses came back. */
+  bytesPerResponse: number;
 }
 
 function percentile(sorted: Float64Array, p: number): number {
@@ -289,6 +291,7 @@ function measure(urls: string[], connections: number, seconds: number, headers: 
         errors: result.errors,
         timeouts: result.timeouts,
         non2xx: result.non2xx,
+        bytesPerResponse: requests > 0 ? Math.round((result.throughput.total ?? 0) / requests) : 0,
       });
     });
     currentRun = inst;
@@ -428,7 +431,7 @@ async function main(): Promise<void> {
         const m = await measure(s.urls, s.connections, settings.seconds, s.headers);
         checkInterrupted();
         runs.set(s.key, [...(runs.get(s.key) ?? []), m]);
-        log(`round ${round}/${settings.rounds} ${s.key}: ${Math.round(m.rps)} req/s, p50 ${m.p50Ms.toFixed(3)} ms, p99 ${m.p99Ms.toFixed(3)} ms, errors ${m.errors}, non-2xx ${m.non2xx}`);
+        log(`round ${round}/${settings.rounds} ${s.key}: ${Math.round(m.rps)} req/s, p50 ${m.p50Ms.toFixed(3)} ms, p99 ${m.p99Ms.toFixed(3)} ms, errors ${m.errors}, non-2xx ${m.non2xx}, ${m.bytesPerResponse} B/response`);
       }
     }
 

@@ -22,7 +22,9 @@ export class Subset {
 
   /** The consistent-hash ring over `members`, built on first sticky use and then reused. */
   ring(): HashRing {
-    this.#ring ??= new HashRing(this.members.map((e) => e.id));
+    // An explicit 40 vnodes per server: hashring's default rounds to 39 for some set sizes (7, 14, 28),
+    // which would move keys between instances that stayed when one leaves.
+    this.#ring ??= new HashRing(Object.fromEntries(this.members.map((e) => [e.id, { vnodes: 40 }])), 'md5', { 'vnode count': 1 });
     return this.#ring;
   }
 }

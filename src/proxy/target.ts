@@ -60,9 +60,15 @@ function parseAbsoluteForm(url: string, versionHeader: string | undefined): Targ
   }
   const m = CONSUL_HOST.exec(parsed.hostname);
   if (!m || parsed.protocol !== 'http:' || parsed.username || parsed.password) throw new ForeignHostError(parsed.host.slice(0, 255));
-  // Only the raw path (new URL() would have resolved `..` and hidden it).
-  const afterHost = url.indexOf('/', url.indexOf('//') + 2);
-  const path = afterHost === -1 ? `/${parsed.search}` : url.slice(afterHost);
+  // The raw path, as sent (new URL() would have resolved `..` and hidden it): it starts at the first
+  // '/', '?', '#' or '\\' after the authority; a fragment is never sent upstream.
+  const authorityStart = url.indexOf('//') + 2;
+  let start = authorityStart;
+  while (start < url.length && !'/?#\\'.includes(url[start] as string)) start++;
+  if (url[start] === '\\') throw new BadPathError('backslashes in the path are not proxied');
+  const hash = url.indexOf('#', start);
+  const rawPath = url.slice(start, hash === -1 ? url.length : hash);
+  const path = rawPath === '' || rawPath.charCodeAt(0) === 63 /* ? */ ? `/${rawPath}` : rawPath;
   checkPath(path);
   return { service: m[1] as string, range: versionHeader?.trim() ?? '', path };
 }
