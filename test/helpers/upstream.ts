@@ -80,6 +80,7 @@ export async function startUpstream(name: string, version: string, port = 0): Pr
       req.on('close', () => clearInterval(t));
       return;
     }
+    if (url.startsWith('/stall')) return; // never answers: for upstream timeouts
     if (url.startsWith('/hang')) {
       res.writeHead(200, { 'content-type': 'text/plain' });
       res.write('started\n');

@@ -296,6 +296,22 @@ describe('proxy: failover', () => {
   });
 });
 
+describe('proxy: timeouts', () => {
+  test('an upstream that does not answer in time gives 504 with its code', async () => {
+    const slow = await startUpstream('slow', '1.0.0');
+    cleanups.push(() => slow.close());
+    const second = await startSidecar(consul.address, { args: ['--set', 'proxy.upstreamTimeoutMs=300', '--set', 'proxy.retries=1'] });
+    cleanups.push(() => second.sidecar.close(), () => removeDir(second.stateDir));
+    assert.equal((await api('POST', `${second.api}/v1/services`, { name: 'slow', version: '1.0.0', port: slow.port, check: { kind: 'http', path: '/health' } })).status, 201);
+    await eventually(async () => ((await api('GET', `${second.api}/v1/instances/slow`)).body as { instances: InstanceView[] }).instances.some((i) => i.healthy), 'slow healthy');
+    const res = await fetch(`${second.sidecar.addresses.proxy}/slow/stall`);
+    assert.equal(res.status, 504);
+    assert.equal(res.headers.get('x-tandem-error'), 'TANDEM_ERR_UPSTREAM_TIMEOUT');
+    assert.equal(((await res.json()) as { code: string }).code, 'TANDEM_ERR_UPSTREAM_TIMEOUT');
+    assert.equal((await fetch(`${second.sidecar.addresses.proxy}/slow/ok`)).status, 200);
+  });
+});
+
 describe('proxy: streaming', () => {
   test('10 MB up and down with matching hashes, SSE as sent, WebSocket echo, client abort closes upstream', async () => {
     const { ups } = await startMany('files', ['1.0.0']);
