@@ -48,14 +48,18 @@ export async function runDev(args: readonly string[]): Promise<number> {
     ],
   });
   const sidecar = new Sidecar({ config });
-  const { api } = await sidecar.start();
+  const { api, proxy } = await sidecar.start();
   process.stdout.write(`
 Tandem is running.
   Consul UI:    ${consulAddress}/ui/dc1/services
   control API:  ${api}
+  proxy:        ${proxy}
 Try:
+  curl ${proxy}/greeter@^1/hello
+  curl ${proxy}/greeter@2/hello
+  curl -H 'X-StickyId: user-42' ${proxy}/greeter/hello
+  curl ${api}/v1/instances/greeter
   curl ${api}/v1/services
-  curl ${api}/v1/health
 Ctrl-C stops the sidecar, the demo services${agent ? ' and the Consul dev agent' : ''}.
 `);
   return waitForSignal(async () => {
