@@ -17,7 +17,7 @@ export interface ControlApiOptions {
   logger: Logger;
   version: string;
   /** Health details for the sidecar's own check: keep it tiny, Consul shows it verbatim. */
-  status: () => { consul: 'up' | 'down' | 'unknown' };
+  status: () => { consul: 'up' | 'down' | 'unknown'; proxy: string };
   plugins?: readonly RoutePlugin[];
 }
 

@@ -2,6 +2,7 @@
 import type { FastifyInstance } from 'fastify';
 import type { Balancer } from '../proxy/balancer.ts';
 import type { Endpoint } from '../proxy/endpoint-source.ts';
+import type { EndpointSet } from '../proxy/endpoint-set.ts';
 import { NoHealthyInstanceError, UnknownServiceError } from '../proxy/errors.ts';
 import type { OutlierDetector } from '../proxy/outlier-detector.ts';
 import type { RangeCache } from '../proxy/range-cache.ts';
@@ -55,6 +56,37 @@ export function routingRoutes(deps: RoutingRoutesDeps): RoutePlugin {
           versions: set.versions,
           instances: subset.members.map((e) => describe(e, now)),
         };
+      },
+    );
+
+    // Live added/removed instances (healthy and in range) as server-sent events: one `reset` with the
+    // current list first, then `added` / `removed` per instance; a comment line every 15 s keeps it open.
+    app.get<{ Params: { service: string }; Querystring: { range?: string } }>(
+      '/v1/watch/:service',
+      { schema: { params, querystring: { type: 'object', additionalProperties: false, properties: { range: { type: 'string', maxLength: 256 } } } } },
+      async (req, reply) => {
+        const range = req.query.range?.trim() ?? '';
+        const parsed = range === '' ? null : deps.ranges.get(range);
+        const routable = (set: EndpointSet) => new Map(set.subset(range, parsed).healthy.map((e) => [e.id, e]));
+        let known = new Map<string, Endpoint>();
+        const send = (event: string, data: unknown) => reply.raw.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
+        const { set, stop } = await deps.table.listen(req.params.service, (next) => {
+          const now = Date.now();
+          const cur = routable(next);
+          for (const [id, e] of known) if (!cur.has(id)) send('removed', describe(e, now));
+          for (const [id, e] of cur) if (!known.has(id)) send('added', describe(e, now));
+          known = cur;
+        });
+        reply.hijack();
+        reply.raw.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
+        known = routable(set);
+        const now = Date.now();
+        send('reset', { service: req.params.service, range: range || null, instances: [...known.values()].map((e) => describe(e, now)) });
+        const keepAlive = setInterval(() => reply.raw.write(': keep-alive\n\n'), 15_000);
+        req.raw.on('close', () => {
+          clearInterval(keepAlive);
+          stop();
+        });
       },
     );
 

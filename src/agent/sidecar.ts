@@ -130,7 +130,7 @@ export class Sidecar {
       logger: this.logger,
       version: TANDEM_VERSION,
       registrar,
-      status: () => ({ consul: registrar.consulReachable === undefined ? 'unknown' : registrar.consulReachable ? 'up' : 'down' }),
+      status: () => ({ consul: registrar.consulReachable === undefined ? 'unknown' : registrar.consulReachable ? 'up' : 'down', proxy: this.#addresses?.proxy ?? '' }),
       plugins: [routingRoutes({ table, balancer, outliers, ranges })],
     });
     const { port: proxyPort } = await proxy.start();
@@ -150,8 +150,8 @@ export class Sidecar {
       // A sidecar listening on one address is checked there; on a wildcard, at the advertised address.
       ...(wildcard || isIP(apiListen.host) === 0 ? {} : { address: apiListen.host }),
     };
-    await registrar.start(sidecarService);
     this.#addresses = { api: httpUrl(apiListen.host, apiPort), proxy: httpUrl(proxyListen.host, proxyPort) };
+    await registrar.start(sidecarService);
     this.logger.info({ api: this.#addresses.api, proxy: this.#addresses.proxy, consul: this.#consul.address, node: c.node.name, version: TANDEM_VERSION }, 'tandem sidecar started');
     return this.#addresses;
   }

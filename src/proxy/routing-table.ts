@@ -24,6 +24,8 @@ interface Watched {
   sub: Subscription | undefined;
   lastUsed: number;
   pinned: boolean;
+  /** Control-API watchers of this service; a watched service is never idle. */
+  listeners: Set<(set: EndpointSet) => void>;
 }
 
 export class RoutingTable {
@@ -72,6 +74,24 @@ export class RoutingTable {
     return w.set as unknown as EndpointSet;
   }
 
+  /**
+   * Calls `listener` with every new set of `service` (after waiting for the first one, which is
+   * returned). The service stays watched until the returned function is called.
+   */
+  async listen(service: string, listener: (set: EndpointSet) => void): Promise<{ set: EndpointSet; stop: () => void }> {
+    const set = await this.get(service);
+    const w = this.#services.get(service);
+    if (!w) return { set, stop: () => undefined };
+    w.listeners.add(listener);
+    return {
+      set,
+      stop: () => {
+        w.listeners.delete(listener);
+        w.lastUsed = Date.now();
+      },
+    };
+  }
+
   /** Every watched service and its current set, for the control API. */
   snapshot(): { service: string; set: EndpointSet | undefined; pinned: boolean; lastUsed: number }[] {
     return [...this.#services.entries()].map(([service, w]) => ({ service, set: w.set, pinned: w.pinned, lastUsed: w.lastUsed }));
@@ -81,7 +101,7 @@ export class RoutingTable {
     if (this.#services.size >= this.#o.maxServices) throw new TooManyServicesError(this.#o.maxServices);
     let markReady!: () => void;
     const ready = new Promise<void>((r) => (markReady = r));
-    const w: Watched = { set: undefined, ready, markReady, sub: undefined, lastUsed: Date.now(), pinned };
+    const w: Watched = { set: undefined, ready, markReady, sub: undefined, lastUsed: Date.now(), pinned, listeners: new Set() };
     this.#services.set(service, w);
     w.sub = this.#o.source.subscribe(service, (u) => this.#apply(service, w, u));
     return w;
@@ -92,6 +112,7 @@ export class RoutingTable {
     const next = prev.apply(update);
     w.set = next;
     w.markReady();
+    for (const l of w.listeners) l(next);
     if (this.#o.onRemoved) {
       const gone = prev.all.filter((e) => !next.byId.has(e.id)).map((e) => e.id);
       if (gone.length > 0) this.#o.onRemoved(gone);
@@ -101,7 +122,7 @@ export class RoutingTable {
   #sweep(): void {
     const cutoff = Date.now() - this.#o.idleMs;
     for (const [service, w] of this.#services) {
-      if (!w.pinned && w.lastUsed < cutoff) {
+      if (!w.pinned && w.listeners.size === 0 && w.lastUsed < cutoff) {
         w.sub?.close();
         this.#services.delete(service);
         if (w.set && this.#o.onRemoved) this.#o.onRemoved(w.set.all.map((e) => e.id));

@@ -20,12 +20,12 @@ const ENCODED_SEPARATOR = /%2f|%5c|\\/i;
  * `http://<service>.service[.consul]/<rest>` with the range from `X-Tandem-Version`.
  */
 export function parseTarget(url: string, versionHeader: string | undefined): Target {
-  if (url.charCodeAt(0) === 47 /* / */) return parsePathForm(url);
+  if (url.charCodeAt(0) === 47 /* / */) return parsePathForm(url, versionHeader);
   if (url.startsWith('http://') || url.startsWith('https://')) return parseAbsoluteForm(url, versionHeader);
   throw new BadTargetError(`cannot route '${url.slice(0, 100)}': use /<service>[@<range>]/<path> or http://<service>.service.consul/<path>`);
 }
 
-function parsePathForm(url: string): Target {
+function parsePathForm(url: string, versionHeader: string | undefined): Target {
   let end = url.indexOf('/', 1);
   const q = url.indexOf('?');
   if (end === -1 || (q !== -1 && q < end)) end = q === -1 ? url.length : q;
@@ -40,7 +40,8 @@ function parsePathForm(url: string): Target {
   }
   const at = decoded.indexOf('@');
   const service = at === -1 ? decoded : decoded.slice(0, at);
-  const range = at === -1 ? '' : decoded.slice(at + 1).trim();
+  // A range in the path wins; without one, X-Tandem-Version applies here too.
+  const range = at === -1 ? (versionHeader?.trim() ?? '') : decoded.slice(at + 1).trim();
   if (!SERVICE.test(service)) {
     throw new BadTargetError(
       service === '' ? 'no service in the path: use /<service>[@<range>]/<path>' : `'${service.slice(0, 100)}' is not a service name (a DNS label: lowercase letters, digits, dashes)`,

@@ -1,2 +1,4 @@
-// The SDK's entry point (`tandem/sdk`): the wire types shared with the sidecar; the client lands with the SDK issue.
-export type { CheckSpec, ErrorBody, Registration, RegistrationState, ServiceSpec } from './wire.ts';
+// The SDK's entry point (`tandem/sdk`): the client, its error class and the wire types.
+export { Tandem, type TandemOptions, type RegisterSpec, type RegisterOptions, type ServiceHandle, type TandemRequestInit, type WatchEvent } from './tandem.ts';
+export { TandemError } from './tandem-error.ts';
+export type { CheckSpec, ErrorBody, InstanceInfo, Registration, RegistrationState, ResolvedInstance, ServiceSpec } from './wire.ts';

@@ -88,3 +88,42 @@ export interface ErrorBody {
   error: string;
   message: string;
 }
+
+/**
+ * One instance as the sidecar routes to it (`GET /v1/instances/<service>`, watch events).
+ *
+ * @example
+ * ```ts
+ * const healthy = (await tandem.instances('users@^1')).filter((i) => i.healthy && !i.ejected);
+ * ```
+ */
+export interface InstanceInfo {
+  id: string;
+  address: string;
+  port: number;
+  version: string;
+  node: string;
+  /** Passing every Consul check. */
+  healthy: boolean;
+  /** Held out by the sidecar after consecutive failures. */
+  ejected: boolean;
+  ejectedUntil?: string;
+}
+
+/**
+ * The instance `resolve()` picked, for protocols other than HTTP.
+ *
+ * @example
+ * ```ts
+ * const { address, port } = await tandem.resolve('redis-shard', { stickyId: userId });
+ * ```
+ */
+export interface ResolvedInstance {
+  id: string;
+  address: string;
+  port: number;
+  version: string;
+  node: string;
+  /** Sticky only: the key's own instance could not serve; this is the next one on the ring. */
+  moved: boolean;
+}

@@ -42,8 +42,8 @@ export interface ChildSidecar {
 }
 
 /** Runs the real CLI (`bin/tandem.js start`, built code) and waits until its control API answers. */
-export async function spawnSidecar(args: string[], env: Record<string, string> = {}): Promise<ChildSidecar> {
-  const [apiPort, proxyPort] = await freePorts(2);
+export async function spawnSidecar(args: string[], env: Record<string, string> = {}, ports?: { api: number; proxy: number }): Promise<ChildSidecar> {
+  const [apiPort, proxyPort] = ports ? [ports.api, ports.proxy] : await freePorts(2);
   const child = spawn(process.execPath, [BIN, 'start', '--api', `127.0.0.1:${apiPort}`, '--proxy', `127.0.0.1:${proxyPort}`, ...args], {
     stdio: ['ignore', 'ignore', 'pipe'],
     env: { PATH: process.env['PATH'] ?? '', ...env },
