@@ -1,5 +1,6 @@
 // `tandem dev`: a Consul dev agent, a sidecar and demo services on this machine, stopped together on Ctrl-C.
-import { createServer, type Server } from 'node:http';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -17,14 +18,15 @@ async function isConsulUp(address: string): Promise<boolean> {
   }
 }
 
-/** A demo greeter: answers with its version so routing is visible with curl. */
-function greeter(version: string): Promise<{ server: Server; port: number }> {
-  const server = createServer((req, res) => {
-    if (req.url === '/health') return void res.end('ok');
-    res.setHeader('content-type', 'application/json');
-    res.end(`${JSON.stringify({ service: 'greeter', version, path: req.url, message: `hello from greeter ${version}` })}\n`);
+const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+
+/** Starts one example greeter (examples/greeter.ts, an SDK app) against the sidecar's control API. */
+function exampleGreeter(version: string, api: string): ChildProcess {
+  return spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'examples', 'greeter.ts'), version], {
+    cwd: ROOT,
+    env: { ...process.env, TANDEM_API: api },
+    stdio: ['ignore', 'inherit', 'inherit'],
   });
-  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve({ server, port: (server.address() as { port: number }).port })));
 }
 
 export async function runDev(args: readonly string[]): Promise<number> {
@@ -37,18 +39,17 @@ export async function runDev(args: readonly string[]): Promise<number> {
     process.stdout.write('Starting a Consul dev agent (installing Consul first if needed)...\n');
     await agent.start();
   }
-  const demos = await Promise.all([greeter('1.0.0'), greeter('2.0.0')]);
   const stateDir = await mkdtemp(join(tmpdir(), 'tandem-dev-'));
   const config = loadConfig({
     argv: [
       '--consul', consulAddress, '--state-dir', stateDir, '--advertise', '127.0.0.1',
       '--set', 'registration.checkIntervalMs=2000', '--set', 'registration.drainMs=500',
-      '--set', `services=${JSON.stringify(demos.map((d, i) => ({ name: 'greeter', version: i === 0 ? '1.0.0' : '2.0.0', port: d.port, check: { kind: 'http', path: '/health' } })))}`,
       ...args,
     ],
   });
   const sidecar = new Sidecar({ config });
   const { api, proxy } = await sidecar.start();
+  const demos = ['1.0.0', '2.0.0'].map((v) => exampleGreeter(v, api));
   process.stdout.write(`
 Tandem is running.
   Consul UI:    ${consulAddress}/ui/dc1/services
@@ -60,11 +61,14 @@ Try:
   curl -H 'X-StickyId: user-42' ${proxy}/greeter/hello
   curl ${api}/v1/instances/greeter
   curl ${api}/v1/services
+  TANDEM_API=${api} node --import tsx examples/caller.ts
 Ctrl-C stops the sidecar, the demo services${agent ? ' and the Consul dev agent' : ''}.
 `);
   return waitForSignal(async () => {
+    // The greeters get the same Ctrl-C and deregister themselves; on SIGTERM we pass it on.
+    for (const d of demos) if (d.exitCode === null) d.kill('SIGTERM');
+    await Promise.all(demos.map((d) => (d.exitCode === null ? new Promise((r) => d.once('exit', r)) : undefined)));
     await sidecar.close();
-    for (const d of demos) d.server.close();
     await agent?.stop();
   });
 }
