@@ -22,9 +22,8 @@ const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 
 /** Starts one example greeter (examples/greeter.ts, an SDK app) against the sidecar's control API. */
 function exampleGreeter(version: string, api: string): ChildProcess {
-  return spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'examples', 'greeter.ts'), version], {
+  return spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'examples', 'greeter.ts'), version, api], {
     cwd: ROOT,
-    env: { ...process.env, TANDEM_API: api },
     stdio: ['ignore', 'inherit', 'inherit'],
   });
 }
