@@ -217,6 +217,27 @@ async function waitHealthy(api: string, count: number, timeoutMs: number): Promi
   }
 }
 
+/**
+ * Waits until no instance of the service is ejected and returns how long that took (0 if none was). A load run that ends
+ * cuts its in-flight requests, and the proxy counts those client aborts as upstream failures, so without
+ * this the next scenario would start with healthy instances ejected (sticky traffic then takes the "moved" path).
+ */
+async function waitNotEjected(api: string, timeoutMs: number): Promise<number> {
+  const start = Date.now();
+  let seen = false;
+  for (;;) {
+    checkInterrupted();
+    const res = await fetch(`${api}/v1/instances/${SERVICE}`, { signal: AbortSignal.timeout(2000) });
+    const body: unknown = await res.json();
+    const instances = isRecord(body) && Array.isArray(body['instances']) ? body['instances'] : [];
+    const ejected = instances.filter((i) => isRecord(i) && i['ejected'] === true).length;
+    if (res.ok && ejected === 0) return seen ? Date.now() - start : 0;
+    seen = true;
+    if (Date.now() - start > timeoutMs) throw new Error(`${ejected} instance(s) of ${SERVICE} still ejected after ${timeoutMs} ms: ${JSON.stringify(body)}`);
+    await sleep(100);
+  }
+}
+
 /** Round-robin must reach both instances and sticky must stay on one, or the figures mean nothing. */
 async function sanityCheck(proxy: string): Promise<void> {
   const seen = async (headers: Record<string, string>): Promise<Set<string>> => {
@@ -259,6 +280,8 @@ interface Measurement {
   non2xx: number;
   /** Average bytes read per response (headers + body): shows that full responses came back. */
   bytesPerResponse: number;
+  /** Through Tandem: time spent before this run waiting for ejections left by the previous run to expire. */
+  ejectionWaitMs: number;
 }
 
 function percentile(sorted: Float64Array, p: number): number {
@@ -292,6 +315,7 @@ function measure(urls: string[], connections: number, seconds: number, headers: 
         timeouts: result.timeouts,
         non2xx: result.non2xx,
         bytesPerResponse: requests > 0 ? Math.round((result.throughput.total ?? 0) / requests) : 0,
+        ejectionWaitMs: 0,
       });
     });
     currentRun = inst;
@@ -426,9 +450,17 @@ async function main(): Promise<void> {
     for (let round = 1; round <= settings.rounds; round++) {
       for (const s of unique) {
         checkInterrupted();
-        if (settings.warmupSeconds > 0) await measure(s.urls, s.connections, settings.warmupSeconds, s.headers);
-        checkInterrupted();
-        const m = await measure(s.urls, s.connections, settings.seconds, s.headers);
+        const proxied = s.key.startsWith('tandem');
+        const api = sidecar.api;
+        const settle = async (): Promise<number> => (proxied ? waitNotEjected(api, 30_000) : 0);
+        if (settings.warmupSeconds > 0) {
+          await settle();
+          await measure(s.urls, s.connections, settings.warmupSeconds, s.headers);
+          checkInterrupted();
+        }
+        const waited = await settle();
+        if (waited > 0) log(`waited ${waited} ms for ejections left by the previous run to expire`);
+        const m = { ...(await measure(s.urls, s.connections, settings.seconds, s.headers)), ejectionWaitMs: waited };
         checkInterrupted();
         runs.set(s.key, [...(runs.get(s.key) ?? []), m]);
         log(`round ${round}/${settings.rounds} ${s.key}: ${Math.round(m.rps)} req/s, p50 ${m.p50Ms.toFixed(3)} ms, p99 ${m.p99Ms.toFixed(3)} ms, errors ${m.errors}, non-2xx ${m.non2xx}, ${m.bytesPerResponse} B/response`);
@@ -442,7 +474,7 @@ async function main(): Promise<void> {
       command: 'npm run bench',
       settings: { ...settings, stickyId: STICKY_ID, tool: 'autocannon 8 (programmatic, one process)' },
       machine: { cpus: cpu.length, model: cpu[0]?.model ?? 'unknown', loadavg: loadavg(), node: process.version, platform: `${process.platform}-${process.arch}` },
-      notes: 'Not pinned to cores: autocannon, the upstreams and the proxy share the machine. Only same-run ratios are meaningful. p50/p99 are over every response of the measured run(s), in ms; with rounds > 1, figures are medians of the rounds.',
+      notes: 'Not pinned to cores: autocannon, the upstreams and the proxy share the machine. Only same-run ratios are meaningful. p50/p99 are over every response of the measured run(s), in ms; with rounds > 1, figures are medians of the rounds. Before each run through Tandem the bench waits until no instance is ejected (ejectionWaitMs): the end of the previous load run cuts in-flight requests and the proxy counts those client aborts as upstream failures.',
       scenarios: rows,
     };
     await mkdir(join(ROOT, 'bench', 'results'), { recursive: true });

@@ -18,6 +18,8 @@ export type RequestBody = { kind: 'none' } | { kind: 'buffer'; data: Buffer } | 
 
 export type AttemptResult =
   | { kind: 'done'; status: number }
+  /** The client went away first: says nothing about the instance. */
+  | { kind: 'aborted' }
   | { kind: 'failed'; reason: string; timeout: boolean; /** The request never reached the app (refused, connect timeout). */ unsent: boolean; status?: number };
 
 export interface AttemptOptions {
@@ -86,9 +88,13 @@ export class Forwarder {
       let retryStatus: number | undefined;
       let settled = false;
       let status = 0;
+      let clientGone = false;
       const onClientClose = () => {
         // The client went away before the response finished: cancel the upstream request.
-        if (!res.writableFinished) controller?.abort(new Error('client closed the connection'));
+        if (!res.writableFinished) {
+          clientGone = true;
+          controller?.abort(new Error('client closed the connection'));
+        }
       };
       const finish = (r: AttemptResult) => {
         if (settled) return;
@@ -102,7 +108,10 @@ export class Forwarder {
       const handler: Dispatcher.DispatchHandler = {
         onRequestStart(c) {
           controller = c;
-          if (res.destroyed) c.abort(new Error('client closed the connection'));
+          if (res.destroyed) {
+            clientGone = true;
+            c.abort(new Error('client closed the connection'));
+          }
         },
         onResponseStart(c, statusCode, headers) {
           if (statusCode < 200) return; // 1xx: informational, the final answer follows
@@ -130,6 +139,11 @@ export class Forwarder {
           finish({ kind: 'done', status });
         },
         onResponseError(_c, err) {
+          if (clientGone) {
+            if (started) res.destroy();
+            finish({ kind: 'aborted' });
+            return;
+          }
           if (started) {
             // Mid-stream failure: nothing can be retried; cut the client so it sees a broken response.
             res.destroy(err);

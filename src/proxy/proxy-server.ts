@@ -123,13 +123,14 @@ export class ProxyServer {
         retryStatuses: safeAfterReach && !lastTry ? this.#retryStatuses : undefined,
         extraHeaders: extraHeaders(endpoint, picked),
       });
+      if (result.kind === 'aborted') return; // the client left: nobody to answer, nothing to blame
       if (result.kind === 'done') {
         this.#o.outliers.report(endpoint, this.#retryStatuses.has(result.status) ? 'failure' : 'success');
         return;
       }
+      if (res.destroyed) return; // the client left meanwhile: nobody to answer
       this.#o.outliers.report(endpoint, 'failure');
       last = result;
-      if (res.destroyed) return; // the client left: nobody to answer
       const retryable = (result.unsent && replayable) || safeAfterReach;
       if (!retryable) break;
       this.#o.logger.debug({ service: target.service, instance: endpoint.id, reason: result.reason }, 'failing over to another instance');

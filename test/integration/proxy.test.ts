@@ -42,6 +42,7 @@ async function register(name: string, version: string, port: number, check: obje
 
 interface InstanceView {
   id: string;
+  port: number;
   healthy: boolean;
   ejected: boolean;
   version: string;
@@ -380,6 +381,18 @@ describe('proxy: streaming', () => {
     await reader.read();
     ctrl.abort();
     await Promise.race([up.hangClosed, sleep(5000).then(() => assert.fail('upstream request was not closed'))]);
+
+    // Clients that leave say nothing about the instance: it is not ejected, however many leave.
+    for (let i = 0; i < 4; i++) {
+      const c = new AbortController();
+      const pending = fetch(`${proxy}/files/stall`, { signal: c.signal }).catch(() => undefined);
+      await sleep(100);
+      c.abort(); // before any response byte
+      await pending;
+      await sleep(50);
+    }
+    assert.equal((await instances('files')).find((i) => i.port === up.port)?.ejected ?? false, false);
+    assert.equal((await get('/files/x')).status, 200);
   });
 });
 
