@@ -37,6 +37,12 @@ export interface Config {
     maxUrlBytes: number;
     maxHeaderBytes: number;
     ejection: { consecutiveFailures: number; baseEjectionMs: number; maxEjectionMs: number; maxEjectionShare: number };
+    /** Budget of a whole request (retries included) when the caller sends no X-Tandem-Timeout-Ms. */
+    requestTimeoutMs: number;
+    retryBudget: { ratio: number; minPerSecond: number; windowMs: number };
+    /** New or recovered instances ramp up over this window; 0 = off. */
+    slowStartMs: number;
+    flap: { threshold: number; windowMs: number; holdMs: number };
   };
   api: { listen: string };
   stateDir: string;
@@ -91,7 +97,7 @@ export const configSchema = {
     proxy: {
       type: 'object',
       additionalProperties: false,
-      required: ['listen', 'retries', 'retryStatuses', 'retryBufferBytes', 'upstreamTimeoutMs', 'bodyTimeoutMs', 'connectTimeoutMs', 'connectionsPerInstance', 'maxUrlBytes', 'maxHeaderBytes', 'ejection'],
+      required: ['listen', 'retries', 'retryStatuses', 'retryBufferBytes', 'upstreamTimeoutMs', 'bodyTimeoutMs', 'connectTimeoutMs', 'connectionsPerInstance', 'maxUrlBytes', 'maxHeaderBytes', 'ejection', 'requestTimeoutMs', 'retryBudget', 'slowStartMs', 'flap'],
       properties: {
         listen: { type: 'string', pattern: LISTEN_PATTERN, description: 'host:port' },
         retries: { type: 'integer', minimum: 0, maximum: 10 },
@@ -113,6 +119,20 @@ export const configSchema = {
             maxEjectionMs: ms(10, 86_400_000),
             maxEjectionShare: { type: 'number', minimum: 0, maximum: 1 },
           },
+        },
+        requestTimeoutMs: ms(10, 86_400_000),
+        retryBudget: {
+          type: 'object',
+          additionalProperties: false,
+          required: ['ratio', 'minPerSecond', 'windowMs'],
+          properties: { ratio: { type: 'number', minimum: 0, maximum: 10 }, minPerSecond: { type: 'number', minimum: 0, maximum: 100_000 }, windowMs: ms(1000, 600_000) },
+        },
+        slowStartMs: ms(0, 3_600_000),
+        flap: {
+          type: 'object',
+          additionalProperties: false,
+          required: ['threshold', 'windowMs', 'holdMs'],
+          properties: { threshold: { type: 'integer', minimum: 1, maximum: 1000 }, windowMs: ms(1000, 86_400_000), holdMs: ms(0, 86_400_000) },
         },
       },
     },
@@ -172,6 +192,10 @@ function defaults(): Config {
       maxUrlBytes: 8192,
       maxHeaderBytes: 16_384,
       ejection: { consecutiveFailures: 3, baseEjectionMs: 2000, maxEjectionMs: 60_000, maxEjectionShare: 0.5 },
+      requestTimeoutMs: 60_000,
+      retryBudget: { ratio: 0.2, minPerSecond: 10, windowMs: 10_000 },
+      slowStartMs: 5000,
+      flap: { threshold: 3, windowMs: 60_000, holdMs: 30_000 },
     },
     api: { listen: '127.0.0.1:7701' },
     stateDir: '.tandem',

@@ -15,6 +15,8 @@ import { OutlierDetector } from '../proxy/outlier-detector.ts';
 import { ProxyServer } from '../proxy/proxy-server.ts';
 import { RangeCache } from '../proxy/range-cache.ts';
 import { RoutingTable } from '../proxy/routing-table.ts';
+import { HealthTracker } from '../proxy/health-tracker.ts';
+import { RetryBudget } from '../proxy/retry-budget.ts';
 import { StateStore } from './state-store.ts';
 import { TANDEM_VERSION } from './version.ts';
 
@@ -91,19 +93,21 @@ export class Sidecar {
       connectionsPerInstance: c.proxy.connectionsPerInstance,
     });
     this.#forwarder = forwarder;
+    const health = new HealthTracker({ slowStartMs: c.proxy.slowStartMs, flapThreshold: c.proxy.flap.threshold, flapWindowMs: c.proxy.flap.windowMs, flapHoldMs: c.proxy.flap.holdMs });
     const table = new RoutingTable({
       source: watcher,
       firstAnswerTimeoutMs: c.watch.firstAnswerTimeoutMs,
       idleMs: c.watch.idleMs,
       maxServices: c.watch.maxServices,
       upstreams: c.upstreams,
+      onChange: (prev, next) => health.observe(prev, next),
       onRemoved: (ids) => {
         outliers.forget(ids);
         forwarder.forget(ids);
       },
     });
     this.#table = table;
-    const balancer = new Balancer(outliers);
+    const balancer = new Balancer(outliers, health);
     const ranges = new RangeCache();
     const proxyListen = parseListen(c.proxy.listen);
     const proxy = new ProxyServer({
@@ -121,6 +125,8 @@ export class Sidecar {
       maxUrlBytes: c.proxy.maxUrlBytes,
       maxHeaderBytes: c.proxy.maxHeaderBytes,
       upstreamTimeoutMs: c.proxy.upstreamTimeoutMs,
+      requestTimeoutMs: c.proxy.requestTimeoutMs,
+      retryBudget: new RetryBudget({ ...c.proxy.retryBudget }),
     });
     this.#proxy = proxy;
 

@@ -21,6 +21,12 @@ export class BadPathError extends TandemError {
   }
 }
 
+export class BadTimeoutError extends TandemError {
+  constructor(value: string) {
+    super('TANDEM_ERR_BAD_TIMEOUT', 400, `X-Tandem-Timeout-Ms must be a whole number of milliseconds from 1 to 86400000 (got '${value}')`);
+  }
+}
+
 export class ForeignHostError extends TandemError {
   constructor(host: string) {
     super('TANDEM_ERR_FOREIGN_HOST', 403, `'${host}' is not a catalog service: Tandem only proxies to <service>.service.consul (it is not an open proxy)`);

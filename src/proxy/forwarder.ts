@@ -28,6 +28,8 @@ export interface AttemptOptions {
   path: string;
   headers: string[];
   body: RequestBody;
+  /** Time to wait for the response headers of this try (the smaller of the upstream timeout and the deadline). */
+  timeoutMs: number;
   /** Answer with these statuses as a failure instead of passing them on (the caller will retry). */
   retryStatuses: ReadonlySet<number> | undefined;
   /** Extra response headers (x-tandem-instance, x-tandem-sticky). */
@@ -103,7 +105,7 @@ export class Forwarder {
         resolve(r);
       };
       res.once('close', onClientClose);
-      const timeoutMs = this.#o.upstreamTimeoutMs;
+      const timeoutMs = o.timeoutMs;
 
       const handler: Dispatcher.DispatchHandler = {
         onRequestStart(c) {

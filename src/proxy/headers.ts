@@ -27,7 +27,8 @@ export function upstreamRequestHeaders(rawHeaders: readonly string[], headers: I
       forwardedFor = forwardedFor ? `${forwardedFor}, ${rawHeaders[i + 1]}` : (rawHeaders[i + 1] as string);
       continue;
     }
-    if (lower === 'x-forwarded-proto' || lower === 'x-forwarded-host') continue;
+    // Set by us: x-forwarded-proto/host below, x-tandem-timeout-ms per try (what is left of the deadline).
+    if (lower === 'x-forwarded-proto' || lower === 'x-forwarded-host' || lower === 'x-tandem-timeout-ms') continue;
     out.push(name, rawHeaders[i + 1] as string);
   }
   const remote = remoteAddress ?? 'unknown';

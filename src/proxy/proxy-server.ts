@@ -7,12 +7,13 @@ import type { Endpoint } from './endpoint-source.ts';
 import type { EndpointSet, Subset } from './endpoint-set.ts';
 import {
   HeadersTooLargeError, InstanceNotFoundError, MethodNotAllowedError, NoHealthyInstanceError, TandemError,
-  TrailerNotSupportedError, UnknownServiceError, UpstreamFailedError, UpstreamTimeoutError, UrlTooLongError, BadTargetError,
+  TrailerNotSupportedError, UnknownServiceError, BadTimeoutError, UpstreamFailedError, UpstreamTimeoutError, UrlTooLongError, BadTargetError,
 } from './errors.ts';
 import type { AttemptResult, Forwarder, RequestBody } from './forwarder.ts';
 import { upstreamRequestHeaders } from './headers.ts';
 import type { OutlierDetector } from './outlier-detector.ts';
 import type { RangeCache } from './range-cache.ts';
+import type { RetryBudget } from './retry-budget.ts';
 import type { RoutingTable } from './routing-table.ts';
 import { parseTarget, type Target } from './target.ts';
 
@@ -34,6 +35,9 @@ export interface ProxyServerOptions {
   maxUrlBytes: number;
   maxHeaderBytes: number;
   upstreamTimeoutMs: number;
+  /** The whole request's budget (retries included) when the caller sends no X-Tandem-Timeout-Ms. */
+  requestTimeoutMs: number;
+  retryBudget: RetryBudget;
 }
 
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE']);
@@ -97,30 +101,48 @@ export class ProxyServer {
     const method = req.method ?? 'GET';
     const pin = header(req, 'x-tandem-instance');
     const stickyId = header(req, 'x-stickyid');
+    // One deadline for the whole request, retries included; a caller's X-Tandem-Timeout-Ms is passed on
+    // (as what is left of it) so a chain of sidecars shares one budget.
+    const asked = header(req, 'x-tandem-timeout-ms');
+    const budgetMs = asked === undefined ? this.#o.requestTimeoutMs : parseTimeout(asked);
+    const deadline = Date.now() + budgetMs;
     const body = await readBody(req, this.#o.retryBufferBytes);
     const replayable = body.kind !== 'stream';
     const safeAfterReach = replayable && (IDEMPOTENT.has(method) || req.headers['idempotency-key'] !== undefined);
     const headers = upstreamRequestHeaders(req.rawHeaders, req.headers, req.socket.remoteAddress);
     const maxTries = 1 + this.#o.retries;
     const tried = new Set<string>();
+    const service = target.service;
+    this.#o.retryBudget.request(service);
     let last: Extract<AttemptResult, { kind: 'failed' }> | undefined;
+    let stoppedBy: string | undefined;
 
     for (let attempt = 0; attempt < maxTries; attempt++) {
+      const remaining = deadline - Date.now();
+      if (remaining <= 0) {
+        stoppedBy = 'deadline';
+        break; // a retry never starts after the deadline
+      }
+      if (attempt > 0 && !this.#o.retryBudget.tryRetry(service)) {
+        stoppedBy = 'retry budget exhausted';
+        break;
+      }
       const picked = pin !== undefined ? this.#pinned(set, subset, pin, tried) : this.#o.balancer.pick(subset, { stickyId, exclude: tried });
       if (!picked) {
-        if (attempt === 0) throw new NoHealthyInstanceError(target.service, target.range || undefined, set.versions, set.healthyVersions);
+        if (attempt === 0) throw new NoHealthyInstanceError(service, target.range || undefined, set.versions, set.healthyVersions);
         break;
       }
       const { endpoint } = picked;
       tried.add(endpoint.id);
-      const lastTry = attempt + 1 >= maxTries;
+      const mayRetryStatus = safeAfterReach && attempt + 1 < maxTries && this.#o.retryBudget.hasRoom(service);
       const result = await this.#o.forwarder.attempt(req, res, {
         endpoint,
         method,
         path: target.path,
-        headers,
+        headers: asked === undefined ? headers : [...headers, 'x-tandem-timeout-ms', String(Math.max(1, Math.floor(remaining)))],
         body,
-        retryStatuses: safeAfterReach && !lastTry ? this.#retryStatuses : undefined,
+        timeoutMs: Math.min(this.#o.upstreamTimeoutMs, remaining),
+        retryStatuses: mayRetryStatus ? this.#retryStatuses : undefined,
         extraHeaders: extraHeaders(endpoint, picked),
       });
       if (result.kind === 'aborted') return; // the client left: nobody to answer, nothing to blame
@@ -129,14 +151,15 @@ export class ProxyServer {
         return;
       }
       if (res.destroyed) return; // the client left meanwhile: nobody to answer
-      this.#o.outliers.report(endpoint, 'failure');
+      // A try cut by the caller's own deadline says nothing about the instance.
+      if (!(result.timeout && Date.now() >= deadline)) this.#o.outliers.report(endpoint, 'failure');
       last = result;
       const retryable = (result.unsent && replayable) || safeAfterReach;
       if (!retryable) break;
-      this.#o.logger.debug({ service: target.service, instance: endpoint.id, reason: result.reason }, 'failing over to another instance');
+      this.#o.logger.debug({ service, instance: endpoint.id, reason: result.reason }, 'failing over to another instance');
     }
-    if (last?.timeout && !last.unsent) throw new UpstreamTimeoutError(target.service, this.#o.upstreamTimeoutMs);
-    throw new UpstreamFailedError(target.service, tried.size, last ? `last try ${last.reason}` : 'no instance left to try');
+    if (stoppedBy === 'deadline' || (last?.timeout && !last.unsent)) throw new UpstreamTimeoutError(service, Math.min(budgetMs, this.#o.upstreamTimeoutMs));
+    throw new UpstreamFailedError(service, tried.size, [last ? `last try ${last.reason}` : 'no instance left to try', stoppedBy].filter(Boolean).join('; '));
   }
 
   #pinned(set: EndpointSet, subset: Subset, id: string, tried: ReadonlySet<string>): Picked | undefined {
@@ -206,6 +229,13 @@ function toTandemError(err: unknown): TandemError {
 
 function extraHeaders(endpoint: Endpoint, picked: Picked): [string, string][] {
   return picked.moved ? [['x-tandem-instance', endpoint.id], ['x-tandem-sticky', 'moved']] : [['x-tandem-instance', endpoint.id]];
+}
+
+/** X-Tandem-Timeout-Ms: a positive whole number of milliseconds, at most a day. */
+function parseTimeout(v: string): number {
+  const n = Number(v);
+  if (!/^\d{1,9}$/.test(v.trim()) || n < 1 || n > 86_400_000) throw new BadTimeoutError(v.slice(0, 50));
+  return n;
 }
 
 function header(req: IncomingMessage, name: string): string | undefined {

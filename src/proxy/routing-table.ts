@@ -15,6 +15,8 @@ export interface RoutingTableOptions {
   upstreams: readonly string[];
   /** Told about instances that left, so per-instance state (ejection, pools) can go too. */
   onRemoved?: (ids: readonly string[]) => void;
+  /** Told about every set change (previous set undefined on the first), e.g. for slow start. */
+  onChange?: (prev: EndpointSet | undefined, next: EndpointSet) => void;
 }
 
 interface Watched {
@@ -110,6 +112,7 @@ export class RoutingTable {
   #apply(service: string, w: Watched, update: Update): void {
     const prev = w.set ?? new EndpointSet(service, []);
     const next = prev.apply(update);
+    this.#o.onChange?.(w.set, next);
     w.set = next;
     w.markReady();
     for (const l of w.listeners) l(next);

@@ -20,7 +20,7 @@ export async function removeDir(dir: string): Promise<void> {
 }
 
 /** Fast settings for tests: checks every 500 ms, sync every 300 ms, a short drain. */
-export const FAST = ['--set', 'registration.checkIntervalMs=500', '--set', 'registration.syncIntervalMs=300', '--set', 'registration.drainMs=100', '--log-level', 'silent'];
+export const FAST = ['--set', 'proxy.slowStartMs=0', '--set', 'registration.checkIntervalMs=500', '--set', 'registration.syncIntervalMs=300', '--set', 'registration.drainMs=100', '--log-level', 'silent'];
 
 export async function startSidecar(consulAddress: string, opts: { stateDir?: string; args?: string[]; nodeName?: string } = {}): Promise<{ sidecar: Sidecar; api: string; stateDir: string }> {
   const stateDir = opts.stateDir ?? (await tempDir());
