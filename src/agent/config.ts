@@ -20,6 +20,10 @@ export interface Config {
     tokenFile?: string;
     datacenter?: string;
     requestTimeoutMs: number;
+    /** Other agents to read the catalog from when the local one does not answer. */
+    fallbackAddresses: string[];
+    staleReads: boolean;
+    maxStaleMs: number;
   };
   node: { name: string; advertiseAddress?: string };
   proxy: {
@@ -44,7 +48,7 @@ export interface Config {
     slowStartMs: number;
     flap: { threshold: number; windowMs: number; holdMs: number };
   };
-  api: { listen: string };
+  api: { listen: string; token?: string; tokenFile?: string };
   stateDir: string;
   services: ServiceSpec[];
   upstreams: string[];
@@ -76,8 +80,11 @@ export const configSchema = {
     consul: {
       type: 'object',
       additionalProperties: false,
-      required: ['address', 'requestTimeoutMs'],
+      required: ['address', 'requestTimeoutMs', 'fallbackAddresses', 'staleReads', 'maxStaleMs'],
       properties: {
+        fallbackAddresses: { type: 'array', maxItems: 16, items: { type: 'string', pattern: '^https?://[^\\s/]+/?$', description: 'an http(s) URL such as http://127.0.0.12:8500' } },
+        staleReads: { type: 'boolean' },
+        maxStaleMs: ms(0, 600_000),
         address: { type: 'string', pattern: '^https?://[^\\s/]+/?$', description: 'an http(s) URL such as http://127.0.0.1:8500' },
         token: { type: 'string', minLength: 1 },
         tokenFile: { type: 'string', minLength: 1 },
@@ -136,7 +143,12 @@ export const configSchema = {
         },
       },
     },
-    api: { type: 'object', additionalProperties: false, required: ['listen'], properties: { listen: { type: 'string', pattern: LISTEN_PATTERN, description: 'host:port' } } },
+    api: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['listen'],
+      properties: { listen: { type: 'string', pattern: LISTEN_PATTERN, description: 'host:port' }, token: { type: 'string', minLength: 16 }, tokenFile: { type: 'string', minLength: 1 } },
+    },
     stateDir: { type: 'string', minLength: 1 },
     services: { type: 'array', items: serviceSpecSchema, maxItems: 1000 },
     upstreams: { type: 'array', items: { type: 'string', pattern: SERVICE_NAME_PATTERN, description: 'a service name' }, maxItems: 1000 },
@@ -157,7 +169,8 @@ export const configSchema = {
       additionalProperties: false,
       required: ['waitMs', 'idleMs', 'firstAnswerTimeoutMs', 'maxBackoffMs', 'maxServices'],
       properties: {
-        maxServices: { type: 'integer', minimum: 1, maximum: 180 },
+        // Each watched service holds one long-poll; Consul allows 200 connections per client IP.
+        maxServices: { type: 'integer', minimum: 1, maximum: 150 },
         waitMs: ms(1000, 600_000),
         idleMs: ms(1000, 86_400_000),
         firstAnswerTimeoutMs: ms(10, 60_000),
@@ -178,7 +191,7 @@ const validateConfig = compile(configSchema);
 
 function defaults(): Config {
   return {
-    consul: { address: 'http://127.0.0.1:8500', requestTimeoutMs: 5000 },
+    consul: { address: 'http://127.0.0.1:8500', requestTimeoutMs: 5000, fallbackAddresses: [], staleReads: true, maxStaleMs: 5000 },
     node: { name: hostname() },
     proxy: {
       listen: '127.0.0.1:7700',
@@ -234,6 +247,8 @@ const ENV: readonly { name: string; path: string }[] = [
   { name: 'TANDEM_API', path: 'api.listen' },
   { name: 'TANDEM_STATE_DIR', path: 'stateDir' },
   { name: 'TANDEM_LOG_LEVEL', path: 'log.level' },
+  { name: 'TANDEM_API_TOKEN', path: 'api.token' },
+  { name: 'TANDEM_API_TOKEN_FILE', path: 'api.tokenFile' },
 ];
 
 type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
@@ -346,6 +361,8 @@ export function loadConfig(opts: LoadOptions): FrozenConfig {
     const v = env[name];
     if (v !== undefined && v !== '') setPath(envLayer, path, name === 'CONSUL_HTTP_ADDR' ? normalizeConsulAddress(v) : v);
   }
+  const fallbacks = env['TANDEM_CONSUL_FALLBACK_ADDRS'];
+  if (fallbacks) setPath(envLayer, 'consul.fallbackAddresses', fallbacks.split(',').map((a) => normalizeConsulAddress(a.trim())).filter(Boolean));
 
   const merged = merge(merge(merge(defaults() as unknown as JsonObject, fileLayer), envLayer), flagLayer);
   if (isObject(merged['consul']) && typeof merged['consul']['address'] === 'string') {
@@ -356,11 +373,13 @@ export function loadConfig(opts: LoadOptions): FrozenConfig {
 
   const config = merged as unknown as Config;
   config.stateDir = resolve(cwd, config.stateDir);
-  if (config.consul.tokenFile && config.consul.token === undefined) {
-    try {
-      config.consul.token = readFileSync(resolve(cwd, config.consul.tokenFile), 'utf8').trim();
-    } catch (err) {
-      throw new InvalidConfigError([`config/consul/tokenFile: cannot read ${config.consul.tokenFile} (${(err as NodeJS.ErrnoException).code ?? 'error'})`]);
+  for (const [section, where] of [[config.consul, 'consul'], [config.api, 'api']] as const) {
+    if (section.tokenFile && section.token === undefined) {
+      try {
+        section.token = readFileSync(resolve(cwd, section.tokenFile), 'utf8').trim();
+      } catch (err) {
+        throw new InvalidConfigError([`config/${where}/tokenFile: cannot read ${section.tokenFile} (${(err as NodeJS.ErrnoException).code ?? 'error'})`]);
+      }
     }
   }
   const ids = new Set<string>();

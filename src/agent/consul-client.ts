@@ -75,6 +75,11 @@ export interface ConsulClientOptions {
   token?: string | undefined;
   datacenter?: string | undefined;
   requestTimeoutMs: number;
+  /** Other agents to read from when the local one does not answer (writes always go to `address`). */
+  fallbackAddresses?: readonly string[] | undefined;
+  /** Read with `?stale` (any server answers), re-reading consistently when the answer is older than `maxStaleMs`. */
+  staleReads?: boolean | undefined;
+  maxStaleMs?: number | undefined;
 }
 
 interface RawResponse {
@@ -105,26 +110,45 @@ export function consulDuration(ms: number): string {
 export class ConsulClient {
   readonly address: string;
   #raw: RawConsul;
+  /** Local agent first, then the fallbacks; reads stay on the last one that answered. */
+  #readers: { address: string; raw: RawConsul }[];
+  #reader = 0;
   #requestTimeoutMs: number;
+  #staleReads: boolean;
+  #maxStaleMs: number;
 
   constructor(opts: ConsulClientOptions) {
     const url = new URL(opts.address);
     this.address = url.origin;
     this.#requestTimeoutMs = opts.requestTimeoutMs;
+    this.#staleReads = opts.staleReads ?? false;
+    this.#maxStaleMs = opts.maxStaleMs ?? 5000;
     const defaults: Record<string, string> = {};
     // The token goes only into this header default; it is never logged or put in an error.
     if (opts.token) defaults['token'] = opts.token;
     if (opts.datacenter) defaults['dc'] = opts.datacenter;
-    this.#raw = new Consul({
-      host: url.hostname.replace(/^\[|\]$/g, ''),
-      port: Number(url.port || (url.protocol === 'https:' ? 443 : 80)),
-      secure: url.protocol === 'https:',
-      defaults,
-    }) as unknown as RawConsul;
+    const make = (u: URL) =>
+      new Consul({
+        host: u.hostname.replace(/^\[|\]$/g, ''),
+        port: Number(u.port || (u.protocol === 'https:' ? 443 : 80)),
+        secure: u.protocol === 'https:',
+        defaults,
+      }) as unknown as RawConsul;
+    this.#raw = make(url);
+    this.#readers = [{ address: this.address, raw: this.#raw }];
+    for (const a of opts.fallbackAddresses ?? []) {
+      const u = new URL(a);
+      if (u.origin !== this.address) this.#readers.push({ address: u.origin, raw: make(u) });
+    }
+  }
+
+  /** The agent reads currently go to. */
+  get readAddress(): string {
+    return this.#readers[this.#reader]?.address ?? this.address;
   }
 
   close(): void {
-    this.#raw.destroy();
+    for (const r of this.#readers) r.raw.destroy();
   }
 
   async agentSelf(): Promise<AgentSelf> {
@@ -182,23 +206,43 @@ export class ConsulClient {
    * One (blocking) read of `/v1/health/service/<name>`. With `index` > 0 it waits up to `waitMs` for a
    * change. The HTTP timeout sits above Consul's wait plus its jitter (wait/16).
    */
-  async healthService(name: string, opts: { index: number; waitMs: number; passing: boolean; stale?: boolean; signal?: AbortSignal }): Promise<BlockingResult<HealthEntry[]>> {
+  async healthService(name: string, opts: { index: number; waitMs: number; passing: boolean; signal?: AbortSignal }): Promise<BlockingResult<HealthEntry[]>> {
+    // Fail over across agents: the one that answered last first, then the others in order.
+    let lastErr: unknown;
+    for (let i = 0; i < this.#readers.length; i++) {
+      const at = (this.#reader + i) % this.#readers.length;
+      const reader = this.#readers[at] as { address: string; raw: RawConsul };
+      try {
+        let r = await this.#healthOnce(reader.raw, name, { ...opts, stale: this.#staleReads });
+        // A stale read from a server out of touch with the leader for too long: ask consistently.
+        if (this.#staleReads && r.lastContactMs > this.#maxStaleMs) r = await this.#healthOnce(reader.raw, name, { ...opts, index: 0, stale: false });
+        this.#reader = at;
+        return r;
+      } catch (err) {
+        if (!(err instanceof ConsulUnavailableError) || opts.signal?.aborted) throw err;
+        lastErr = err;
+      }
+    }
+    throw lastErr;
+  }
+
+  async #healthOnce(raw: RawConsul, name: string, opts: { index: number; waitMs: number; passing: boolean; stale: boolean; signal?: AbortSignal }): Promise<BlockingResult<HealthEntry[]>> {
     const ctx = Object.assign(new EventEmitter(), { includeResponse: true });
     const onAbort = () => ctx.emit('cancel');
     opts.signal?.addEventListener('abort', onAbort, { once: true });
-    const raw: RawOpts = {
+    const opts2: RawOpts = {
       service: name,
       passing: opts.passing,
       ctx,
       timeout: opts.index > 0 ? Math.ceil((opts.waitMs * 17) / 16) + this.#requestTimeoutMs : this.#requestTimeoutMs,
     };
     if (opts.index > 0) {
-      raw['index'] = String(opts.index);
-      raw['wait'] = consulDuration(opts.waitMs);
+      opts2['index'] = String(opts.index);
+      opts2['wait'] = consulDuration(opts.waitMs);
     }
-    if (opts.stale) raw['stale'] = true;
+    if (opts.stale) opts2['stale'] = true;
     try {
-      const [res, body] = (await this.#call(`read the health of '${name}'`, () => this.#raw.health.service(raw))) as [RawResponse, unknown[]];
+      const [res, body] = (await this.#call(`read the health of '${name}'`, () => raw.health.service(opts2))) as [RawResponse, unknown[]];
       return {
         index: Number(res.headers['x-consul-index'] ?? 0),
         knownLeader: res.headers['x-consul-knownleader'] !== 'false',

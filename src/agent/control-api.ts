@@ -2,7 +2,8 @@
 import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import type { ServiceSpec } from '../sdk/wire.ts';
-import { InvalidRequestError, InvalidServiceError, MalformedJsonError, RouteNotFoundError, TandemError } from './errors.ts';
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { InvalidRequestError, InvalidServiceError, MalformedJsonError, RouteNotFoundError, TandemError, UnauthorizedError } from './errors.ts';
 import type { Registrar } from './registrar.ts';
 import { ajv, formatErrors, serviceSpecSchema } from './schemas.ts';
 import type { ErrorObject } from 'ajv';
@@ -17,7 +18,9 @@ export interface ControlApiOptions {
   logger: Logger;
   version: string;
   /** Health details for the sidecar's own check: keep it tiny, Consul shows it verbatim. */
-  status: () => { consul: 'up' | 'down' | 'unknown'; proxy: string };
+  status: () => { consul: 'up' | 'down' | 'unknown'; outage: boolean; proxy: string };
+  /** When set, every route but `GET /v1/health` needs `Authorization: Bearer <token>`. */
+  token?: string | undefined;
   plugins?: readonly RoutePlugin[];
 }
 
@@ -51,6 +54,15 @@ export class ControlApi {
       const err = new RouteNotFoundError(req.method, req.url.split('?')[0] ?? '');
       void reply.code(404).header('x-tandem-error', err.code).send(err.toBody());
     });
+    if (opts.token !== undefined) {
+      const expected = createHash('sha256').update(opts.token).digest();
+      this.#app.addHook('onRequest', async (req) => {
+        if (req.method === 'GET' && req.url === '/v1/health') return;
+        const got = /^Bearer (.+)$/.exec(req.headers.authorization ?? '')?.[1] ?? '';
+        // Compare digests in constant time: the token's length and content must not leak through timing.
+        if (!timingSafeEqual(createHash('sha256').update(got).digest(), expected)) throw new UnauthorizedError();
+      });
+    }
     this.#routes();
     for (const plugin of opts.plugins ?? []) plugin(this.#app);
   }

@@ -47,6 +47,12 @@ export class ProtectedServiceError extends TandemError {
   }
 }
 
+export class UnauthorizedError extends TandemError {
+  constructor() {
+    super('TANDEM_ERR_UNAUTHORIZED', 401, 'this control API needs Authorization: Bearer <token> (the sidecar was started with an API token)');
+  }
+}
+
 export class RouteNotFoundError extends TandemError {
   constructor(method: string, url: string) {
     super('TANDEM_ERR_ROUTE_NOT_FOUND', 404, `no control API route ${method} ${url}`);

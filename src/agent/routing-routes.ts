@@ -4,6 +4,7 @@ import type { Balancer } from '../proxy/balancer.ts';
 import type { Endpoint } from '../proxy/endpoint-source.ts';
 import type { EndpointSet } from '../proxy/endpoint-set.ts';
 import { NoHealthyInstanceError, UnknownServiceError } from '../proxy/errors.ts';
+import type { HealthTracker } from '../proxy/health-tracker.ts';
 import type { OutlierDetector } from '../proxy/outlier-detector.ts';
 import type { RangeCache } from '../proxy/range-cache.ts';
 import type { RoutingTable } from '../proxy/routing-table.ts';
@@ -15,6 +16,9 @@ export interface RoutingRoutesDeps {
   balancer: Balancer;
   outliers: OutlierDetector;
   ranges: RangeCache;
+  health: HealthTracker;
+  /** When Consul last confirmed a service's view, and whether it is stale (outage, or from disk). */
+  viewInfo: (service: string) => { lastOkAt: number; stale: boolean } | undefined;
 }
 
 const params = {
@@ -36,6 +40,7 @@ export function routingRoutes(deps: RoutingRoutesDeps): RoutePlugin {
       healthy: e.healthy,
       ejected: ej.ejected,
       ...(ej.ejectedUntil !== undefined ? { ejectedUntil: new Date(ej.ejectedUntil).toISOString() } : {}),
+      ...deps.health.view(e.id, now),
     };
   };
 
@@ -49,10 +54,13 @@ export function routingRoutes(deps: RoutingRoutesDeps): RoutePlugin {
         const set = await deps.table.get(req.params.service);
         const now = Date.now();
         const subset = set.subset(range, parsed);
+        const info = deps.viewInfo(req.params.service);
         return {
           service: req.params.service,
           range: range || null,
-          viewAgeMs: now - set.updatedAt,
+          // Time since Consul last confirmed this view (grows during an outage); stale when unconfirmed now.
+          viewAgeMs: now - (info?.lastOkAt || set.updatedAt),
+          stale: info?.stale ?? false,
           versions: set.versions,
           instances: subset.members.map((e) => describe(e, now)),
         };

@@ -53,6 +53,9 @@ export class Sidecar {
       token: this.config.consul.token,
       datacenter: this.config.consul.datacenter,
       requestTimeoutMs: this.config.consul.requestTimeoutMs,
+      fallbackAddresses: this.config.consul.fallbackAddresses,
+      staleReads: this.config.consul.staleReads,
+      maxStaleMs: this.config.consul.maxStaleMs,
     });
     this.#store = new StateStore(this.config.stateDir);
   }
@@ -83,8 +86,9 @@ export class Sidecar {
     });
     this.#registrar = registrar;
     // Data path: Consul watch → updates → routing table → balancer → forwarder; failures feed the outlier detector.
-    const watcher = new CatalogWatcher({ consul: this.#consul, logger: this.logger, waitMs: c.watch.waitMs, maxBackoffMs: c.watch.maxBackoffMs });
+    const watcher = new CatalogWatcher({ consul: this.#consul, logger: this.logger, store: this.#store, waitMs: c.watch.waitMs, maxBackoffMs: c.watch.maxBackoffMs });
     this.#watcher = watcher;
+    await watcher.start();
     const outliers = new OutlierDetector({ ...c.proxy.ejection });
     const forwarder = new Forwarder({
       upstreamTimeoutMs: c.proxy.upstreamTimeoutMs,
@@ -136,8 +140,25 @@ export class Sidecar {
       logger: this.logger,
       version: TANDEM_VERSION,
       registrar,
-      status: () => ({ consul: registrar.consulReachable === undefined ? 'unknown' : registrar.consulReachable ? 'up' : 'down', proxy: this.#addresses?.proxy ?? '' }),
-      plugins: [routingRoutes({ table, balancer, outliers, ranges })],
+      status: () => ({
+        consul: registrar.consulReachable === undefined ? 'unknown' : registrar.consulReachable ? 'up' : 'down',
+        outage: watcher.outage,
+        proxy: this.#addresses?.proxy ?? '',
+      }),
+      token: c.api.token,
+      plugins: [
+        routingRoutes({
+          table,
+          balancer,
+          outliers,
+          ranges,
+          health,
+          viewInfo: (service) => {
+            const st = watcher.stats(service)[0];
+            return st ? { lastOkAt: st.lastOkAt, stale: st.stale } : undefined;
+          },
+        }),
+      ],
     });
     const { port: proxyPort } = await proxy.start();
     table.start();
@@ -170,7 +191,7 @@ export class Sidecar {
       await this.#proxy?.close(this.config.shutdownTimeoutMs);
       await this.#api?.close();
       this.#table?.close();
-      this.#watcher?.close();
+      await this.#watcher?.close();
       await this.#forwarder?.close();
       this.#consul.close();
       this.logger.info('tandem sidecar stopped');

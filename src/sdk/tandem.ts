@@ -17,7 +17,7 @@ export interface TandemOptions {
   url?: string;
   /** The sidecar's proxy. Default: asked from the sidecar once (`GET /v1/health`). */
   proxyUrl?: string;
-  /** Sent as `Authorization: Bearer <token>` to the control API when set. */
+  /** Sent as `Authorization: Bearer <token>` to the control API. Default: `TANDEM_API_TOKEN`. */
   token?: string;
 }
 
@@ -128,7 +128,7 @@ export class Tandem {
   constructor(opts: TandemOptions = {}) {
     this.url = normalizeUrl(opts.url ?? process.env['TANDEM_API'] ?? DEFAULT_API);
     this.#proxyUrl = opts.proxyUrl === undefined ? undefined : normalizeUrl(opts.proxyUrl);
-    this.#token = opts.token;
+    this.#token = opts.token ?? process.env['TANDEM_API_TOKEN'];
   }
 
   /**

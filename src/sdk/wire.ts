@@ -108,6 +108,10 @@ export interface InstanceInfo {
   /** Held out by the sidecar after consecutive failures. */
   ejected: boolean;
   ejectedUntil?: string;
+  /** Newly healthy: getting a ramping share of traffic. */
+  slowStart: boolean;
+  /** Flapping between passing and critical: held out until stable. */
+  flapping: boolean;
 }
 
 /**

@@ -169,4 +169,19 @@ describe('registration', () => {
     assert.equal(rows[0]?.Service.Meta['version'], '1.0.0');
     await second.sidecar.close();
   });
+
+  test('with an API token, every route but health needs it', async () => {
+    const token = 'tok-0123456789abcdef';
+    const { sidecar, api: base, stateDir } = await startSidecar(consul.address, { args: ['--set', `api.token=${token}`] });
+    cleanups.push(() => sidecar.close(), () => removeDir(stateDir));
+    assert.equal((await fetch(`${base}/v1/health`)).status, 200);
+    const denied = await fetch(`${base}/v1/services`);
+    assert.equal(denied.status, 401);
+    assert.equal(((await denied.json()) as { code: string }).code, 'TANDEM_ERR_UNAUTHORIZED');
+    assert.equal((await fetch(`${base}/v1/services`, { headers: { authorization: 'Bearer wrong-token-000000' } })).status, 401);
+    assert.equal((await fetch(`${base}/v1/services`, { headers: { authorization: `Bearer ${token}` } })).status, 200);
+    const post = await fetch(`${base}/v1/services`, { method: 'POST', body: '{}', headers: { 'content-type': 'application/json' } });
+    assert.equal(post.status, 401, 'refused before the body is even validated');
+    await sidecar.close();
+  });
 });
