@@ -14,6 +14,11 @@ interface Entry {
   spec: ServiceSpec;
   source: Source;
   state: 'registered' | 'pending' | 'draining';
+  /**
+   * The sidecar is restoring it (config or state at start, or the agent lost it): HTTP/TCP checks are
+   * registered passing so routing does not stop for a check interval; the first check run corrects it.
+   */
+  restore: boolean;
 }
 
 export interface RegistrarOptions {
@@ -79,11 +84,12 @@ export class Registrar {
     if (this.#closing) throw new ShuttingDownError();
     const id = serviceId(spec, this.#o.nodeName);
     return this.#serial(id, async () => {
-      const entry: Entry = { id, spec, source: 'api', state: 'pending' };
+      const entry: Entry = { id, spec, source: 'api', state: 'pending', restore: false };
       let pending = false;
       try {
         await this.#registerInConsul(entry);
         entry.state = 'registered';
+        entry.restore = true;
       } catch (err) {
         if (!(err instanceof ConsulUnavailableError)) throw err; // 403/400: the old registration stays as it was
         this.#markDown(err);
@@ -199,6 +205,7 @@ export class Registrar {
         try {
           await this.#registerInConsul(entry);
           entry.state = 'registered';
+          entry.restore = true;
           this.#o.logger.info({ service: entry.id }, wasPending ? 'pending registration registered' : 're-registered a service the Consul agent had lost');
         } catch (err) {
           entry.state = 'pending';
@@ -219,6 +226,7 @@ export class Registrar {
         checkIntervalMs: this.#o.checkIntervalMs,
         checkTimeoutMs: this.#o.checkTimeoutMs,
         ttlMs: this.#o.ttlMs,
+        initialPassing: entry.restore,
       }),
     );
   }
@@ -236,7 +244,7 @@ export class Registrar {
   #add(spec: ServiceSpec, source: Source): void {
     const id = serviceId(spec, this.#o.nodeName);
     // An app may have registered through the API before start() ran: its newer spec wins.
-    if (!this.#entries.has(id)) this.#entries.set(id, { id, spec, source, state: 'pending' });
+    if (!this.#entries.has(id)) this.#entries.set(id, { id, spec, source, state: 'pending', restore: true });
   }
 
   async #persist(): Promise<void> {

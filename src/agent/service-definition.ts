@@ -10,6 +10,8 @@ export interface DefinitionContext {
   checkIntervalMs: number;
   checkTimeoutMs: number;
   ttlMs: number;
+  /** Register HTTP/TCP checks as passing (the sidecar restores a registration it had). */
+  initialPassing?: boolean;
 }
 
 export function serviceId(spec: Pick<ServiceSpec, 'id' | 'name' | 'port'>, nodeName: string): string {
@@ -71,6 +73,7 @@ export function toConsulDefinition(spec: ServiceSpec, ctx: DefinitionContext): C
       break;
     }
   }
+  if (ctx.initialPassing && check.kind !== 'ttl') Check.Status = 'passing';
   const tags = [...new Set([...versionTags(spec.version), ...(spec.tags ?? [])])];
   return {
     ID: id,

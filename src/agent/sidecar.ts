@@ -179,6 +179,7 @@ export class Sidecar {
     };
     this.#addresses = { api: httpUrl(apiListen.host, apiPort), proxy: httpUrl(proxyListen.host, proxyPort) };
     await registrar.start(sidecarService);
+    proxy.open();
     this.logger.info({ api: this.#addresses.api, proxy: this.#addresses.proxy, consul: this.#consul.address, node: c.node.name, version: TANDEM_VERSION }, 'tandem sidecar started');
     return this.#addresses;
   }
@@ -186,9 +187,10 @@ export class Sidecar {
   /** Ordered shutdown: stop taking API calls, deregister everything (with drain), release Consul. Idempotent. */
   close(): Promise<void> {
     this.#closing ??= (async () => {
-      // Deregister first (callers stop choosing us), then stop proxying, then the API and the watches.
-      await this.#registrar?.close();
+      // Stop proxying first (in-flight requests finish; local apps are stopping too), then drain and
+      // deregister this host's services, then the API and the watches.
       await this.#proxy?.close(this.config.shutdownTimeoutMs);
+      await this.#registrar?.close();
       await this.#api?.close();
       this.#table?.close();
       await this.#watcher?.close();

@@ -46,6 +46,9 @@ export class ProxyServer {
   #o: ProxyServerOptions;
   #server: Server;
   #retryStatuses: ReadonlySet<number>;
+  #open = false;
+  #markOpen!: () => void;
+  #opened = new Promise<void>((resolve) => (this.#markOpen = resolve));
 
   constructor(opts: ProxyServerOptions) {
     this.#o = opts;
@@ -72,6 +75,15 @@ export class ProxyServer {
     return { host: this.#o.host, port: typeof addr === 'object' && addr ? addr.port : this.#o.port };
   }
 
+  /**
+   * Lets requests through. Until then (the sidecar is still restoring its registrations) they wait
+   * instead of seeing an empty catalog.
+   */
+  open(): void {
+    this.#open = true;
+    this.#markOpen();
+  }
+
   /** Stops accepting; lets in-flight requests finish for up to `graceMs`, then cuts the rest. */
   async close(graceMs = 5000): Promise<void> {
     const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
@@ -83,6 +95,7 @@ export class ProxyServer {
 
   async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     try {
+      if (!this.#open) await this.#opened;
       const url = req.url ?? '/';
       if (url.length > this.#o.maxUrlBytes) throw new UrlTooLongError(this.#o.maxUrlBytes);
       if (req.headers.trailer !== undefined) throw new TrailerNotSupportedError();
@@ -172,6 +185,7 @@ export class ProxyServer {
   async #upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
     socket.on('error', () => socket.destroy());
     try {
+      if (!this.#open) await this.#opened;
       const url = req.url ?? '/';
       if (url.length > this.#o.maxUrlBytes) throw new UrlTooLongError(this.#o.maxUrlBytes);
       const target = parseTarget(url, header(req, 'x-tandem-version'));

@@ -1,0 +1,239 @@
+// Fault injection: kill upstreams, Consul, the Consul leader and the sidecar under load; hanging upstreams. No request may be lost.
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { after, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { ConsulCluster } from '../../src/agent/consul-cluster.ts';
+import { ConsulDevAgent } from '../../src/agent/consul-dev-agent.ts';
+import { freePorts } from '../../src/agent/free-port.ts';
+import { agentServiceIds, eventually, healthOf } from '../helpers/consul.ts';
+import { startLoad } from '../helpers/load.ts';
+import { api, FAST, removeDir, spawnSidecar, startSidecar, tempDir } from '../helpers/sidecar.ts';
+import { startUpstream } from '../helpers/upstream.ts';
+
+const OUTAGE_MS = Number(process.env['FAULT_OUTAGE_MS'] ?? 60_000);
+const cleanups: (() => Promise<unknown>)[] = [];
+after(async () => {
+  for (const c of cleanups.reverse()) await c().catch(() => undefined);
+});
+const later = (fn: () => Promise<unknown>) => cleanups.push(fn);
+
+const CHILD = fileURLToPath(new URL('../helpers/upstream-child.mjs', import.meta.url));
+async function childUpstream(port: number, name: string): Promise<ChildProcess> {
+  const child = spawn(process.execPath, [CHILD, String(port), name], { stdio: ['ignore', 'pipe', 'ignore'] });
+  later(async () => child.kill('SIGKILL'));
+  await new Promise<void>((r) => child.stdout?.once('data', () => r()));
+  return child;
+}
+
+async function register(base: string, name: string, port: number, check: object = { kind: 'http', path: '/health' }): Promise<string> {
+  const res = await api('POST', `${base}/v1/services`, { name, version: '1.0.0', port, check });
+  assert.ok(res.status === 201 || res.status === 202, JSON.stringify(res.body));
+  return (res.body as { id: string }).id;
+}
+
+async function healthyCount(base: string, service: string): Promise<number> {
+  const body = (await api('GET', `${base}/v1/instances/${service}`)).body as { instances?: { healthy: boolean }[] };
+  return (body.instances ?? []).filter((i) => i.healthy).length;
+}
+
+describe('faults', () => {
+  test('kill -9 one of three upstream instances under steady GET load: 0 failed requests', async () => {
+    const consul = new ConsulDevAgent();
+    await consul.start();
+    later(() => consul.stop());
+    const { sidecar, api: base, stateDir } = await startSidecar(consul.address);
+    later(() => sidecar.close());
+    later(() => removeDir(stateDir));
+    const ports = (await freePorts(3)) as [number, number, number];
+    const children = await Promise.all(ports.map((p) => childUpstream(p, 'k9')));
+    for (const p of ports) await register(base, 'k9', p, { kind: 'http', path: '/health', intervalMs: 1000 });
+    await eventually(async () => (await healthyCount(base, 'k9')) === 3, '3 healthy');
+    const load = startLoad(`${sidecar.addresses.proxy}/k9/x`, { workers: 4, maxMs: 60_000, maxRequests: 50_000 });
+    await sleep(1000);
+    children[1]?.kill('SIGKILL');
+    await sleep(4000); // through ejection and Consul's check turning critical
+    const r = await load.stop();
+    assert.ok(r.total > 200, `only ${r.total} requests`);
+    assert.deepEqual(r.failures, [], `${r.failures.length} of ${r.total} failed`);
+    await sidecar.close();
+  });
+
+  test(`Consul stopped for ${OUTAGE_MS / 1000} s under load: 0 failed requests; registrations made meanwhile appear after`, { timeout: OUTAGE_MS + 120_000 }, async () => {
+    const consul = new ConsulDevAgent({ nodeName: 'outage-node' });
+    await consul.start();
+    later(() => consul.stop());
+    const { sidecar, api: base, stateDir } = await startSidecar(consul.address);
+    later(() => sidecar.close());
+    later(() => removeDir(stateDir));
+    const ups = await Promise.all([startUpstream('outage', '1.0.0'), startUpstream('outage', '1.0.0'), startUpstream('outage', '1.0.0')]);
+    for (const u of ups) later(() => u.close());
+    for (const u of ups) await register(base, 'outage', u.port);
+    await eventually(async () => (await healthyCount(base, 'outage')) === 3, '3 healthy');
+    const load = startLoad(`${sidecar.addresses.proxy}/outage/x`, { workers: 2, maxMs: OUTAGE_MS + 60_000, pauseMs: 5 });
+    await sleep(1000);
+    await consul.stop();
+    const late = await startUpstream('latecomer', '1.0.0');
+    later(() => late.close());
+    const pending = await api('POST', `${base}/v1/services`, { name: 'latecomer', version: '1.0.0', port: late.port });
+    assert.equal(pending.status, 202);
+    const inOutage = (await api('GET', `${base}/v1/instances/outage`)).body as { stale: boolean; viewAgeMs: number };
+    await sleep(OUTAGE_MS);
+    const during = (await api('GET', `${base}/v1/instances/outage`)).body as { stale: boolean; viewAgeMs: number };
+    await consul.start();
+    await eventually(async () => (await healthOf(consul, 'latecomer', false)).length === 1, 'the registration made during the outage', 15_000);
+    await eventually(async () => (await healthOf(consul, 'outage')).length === 3, 'instances back in the restarted agent', 15_000);
+    await sleep(2000);
+    const r = await load.stop();
+    assert.ok(r.total > 100, `only ${r.total} requests`);
+    assert.deepEqual(r.failures, [], `${r.failures.length} of ${r.total} failed`);
+    assert.equal(during.stale, true, 'the view is marked stale during the outage');
+    assert.ok(during.viewAgeMs >= OUTAGE_MS - 1000 && during.viewAgeMs > inOutage.viewAgeMs, `view age ${during.viewAgeMs} ms`);
+    await sidecar.close();
+  });
+
+  test('three-server cluster with a client agent: killing the leader under load fails no request', { timeout: 180_000 }, async () => {
+    const cluster = new ConsulCluster();
+    await cluster.start();
+    later(() => cluster.stop());
+    const client = cluster.clients[0];
+    assert.ok(client);
+    const { sidecar, api: base, stateDir } = await startSidecar(client.address, {
+      args: ['--advertise', '127.0.0.1', '--set', `consul.fallbackAddresses=${JSON.stringify(cluster.servers.map((s) => s.address))}`],
+    });
+    later(() => sidecar.close());
+    later(() => removeDir(stateDir));
+    const ups = await Promise.all([startUpstream('ha', '1.0.0'), startUpstream('ha', '1.0.0')]);
+    for (const u of ups) later(() => u.close());
+    for (const u of ups) await register(base, 'ha', u.port);
+    await eventually(async () => (await healthyCount(base, 'ha')) === 2, '2 healthy', 20_000);
+    const load = startLoad(`${sidecar.addresses.proxy}/ha/x`, { workers: 2, maxMs: 120_000, pauseMs: 5 });
+    await sleep(1000);
+    const leader = await cluster.leader();
+    assert.ok(leader);
+    await cluster.kill(leader.name);
+    await eventually(async () => {
+      const l = await cluster.leader();
+      return l !== undefined && l.name !== leader.name;
+    }, 'a new leader', 30_000);
+    // A change through the new leader still reaches the sidecar's view.
+    const extra = await startUpstream('ha', '1.0.0');
+    later(() => extra.close());
+    await register(base, 'ha', extra.port);
+    await eventually(async () => (await healthyCount(base, 'ha')) === 3, 'new instance seen after failover', 30_000);
+    await sleep(1000);
+    const r = await load.stop();
+    assert.ok(r.total > 100, `only ${r.total} requests`);
+    assert.deepEqual(r.failures, [], `${r.failures.length} of ${r.total} failed`);
+    await sidecar.close();
+  });
+
+  test('sidecar restarted under load (client retries refused connections): registrations and routing back within 2 s', async () => {
+    const consul = new ConsulDevAgent();
+    await consul.start();
+    later(() => consul.stop());
+    const stateDir = await tempDir();
+    later(() => removeDir(stateDir));
+    const [apiPort, proxyPort] = (await freePorts(2)) as [number, number];
+    const ports = { api: apiPort, proxy: proxyPort };
+    const args = ['--consul', consul.address, '--state-dir', stateDir, '--node-name', 'restart-node', '--advertise', '127.0.0.1', ...FAST];
+    let side = await spawnSidecar(args, {}, ports);
+    later(async () => side.child.kill('SIGKILL'));
+    const ups = await Promise.all([startUpstream('phoenix', '1.0.0'), startUpstream('phoenix', '1.0.0')]);
+    for (const u of ups) later(() => u.close());
+    for (const u of ups) await register(side.api, 'phoenix', u.port, { kind: 'http', path: '/health', intervalMs: 10_000 });
+    await eventually(async () => (await healthyCount(side.api, 'phoenix')) === 2, '2 healthy');
+    const before = await agentServiceIds(consul);
+    const load = startLoad(`http://127.0.0.1:${proxyPort}/phoenix/x`, { workers: 2, maxMs: 60_000, retryRefused: true, pauseMs: 5 });
+    await sleep(500);
+    side.child.kill('SIGTERM');
+    assert.equal(await side.exited, 0);
+    const startedAt = Date.now();
+    side = await spawnSidecar(args, {}, ports);
+    const totalAtRestart = load.total;
+    await eventually(async () => load.total > totalAtRestart + 5 || undefined, 'routing back', 5000);
+    const routingMs = Date.now() - startedAt;
+    await eventually(async () => JSON.stringify(await agentServiceIds(consul)) === JSON.stringify(before), 'registrations back', 5000);
+    const registeredMs = Date.now() - startedAt;
+    const r = await load.stop();
+    assert.deepEqual(r.failures, [], `${r.failures.length} of ${r.total} failed`);
+    assert.ok(routingMs <= 2000, `routing back after ${routingMs} ms`);
+    assert.ok(registeredMs <= 2000, `registrations back after ${registeredMs} ms`);
+    side.child.kill('SIGTERM');
+    await side.exited;
+  });
+
+  test('a sidecar started while Consul is down routes from its persisted view (marked stale)', async () => {
+    const consul = new ConsulDevAgent();
+    await consul.start();
+    later(() => consul.stop());
+    const ups = await Promise.all([startUpstream('cold', '1.0.0'), startUpstream('cold', '1.1.0')]);
+    for (const u of ups) later(() => u.close());
+    // One sidecar owns the registrations; a second (the one restarted later) only routes.
+    const owner = await startSidecar(consul.address, { nodeName: 'owner' });
+    later(() => owner.sidecar.close());
+    later(() => removeDir(owner.stateDir));
+    for (const u of ups) await register(owner.api, 'cold', u.port);
+    const stateDir = await tempDir();
+    later(() => removeDir(stateDir));
+    const router = await startSidecar(consul.address, { stateDir, nodeName: 'router' });
+    await eventually(async () => (await healthyCount(router.api, 'cold')) === 2, '2 healthy');
+    await sleep(1500); // the view is written at most once a second
+    await router.sidecar.close();
+    await consul.stop();
+
+    const again = await startSidecar(consul.address, { stateDir, nodeName: 'router' });
+    later(() => again.sidecar.close());
+    const seen = new Set<string>();
+    for (let i = 0; i < 10; i++) {
+      const res = await fetch(`${again.sidecar.addresses.proxy}/cold@^1/x`);
+      assert.equal(res.status, 200);
+      seen.add(res.headers.get('x-tandem-instance') ?? '');
+    }
+    assert.equal(seen.size, 2);
+    const view = (await api('GET', `${again.api}/v1/instances/cold`)).body as { stale: boolean; viewAgeMs: number };
+    assert.equal(view.stale, true);
+    assert.ok(view.viewAgeMs >= 1000);
+    await again.sidecar.close();
+    await consul.start();
+  });
+
+  test('an upstream that hangs: the caller gets 504 at its deadline; other callers are unaffected', async () => {
+    const consul = new ConsulDevAgent();
+    await consul.start();
+    later(() => consul.stop());
+    const { sidecar, api: base, stateDir } = await startSidecar(consul.address);
+    later(() => sidecar.close());
+    later(() => removeDir(stateDir));
+    const stuck = await startUpstream('stuck', '1.0.0');
+    const fine = await startUpstream('fine', '1.0.0');
+    later(() => stuck.close());
+    later(() => fine.close());
+    await register(base, 'stuck', stuck.port);
+    await register(base, 'fine', fine.port);
+    await eventually(async () => (await healthyCount(base, 'stuck')) === 1 && (await healthyCount(base, 'fine')) === 1, 'both healthy');
+    const proxy = sidecar.addresses.proxy;
+    const load = startLoad(`${proxy}/fine/x`, { workers: 2, maxMs: 30_000 });
+    const hanging = await Promise.all(
+      Array.from({ length: 20 }, async () => {
+        const t0 = Date.now();
+        const res = await fetch(`${proxy}/stuck/stall`, { headers: { 'x-tandem-timeout-ms': '500' } });
+        await res.arrayBuffer();
+        return { status: res.status, code: res.headers.get('x-tandem-error'), ms: Date.now() - t0 };
+      }),
+    );
+    const r = await load.stop();
+    for (const h of hanging) {
+      assert.equal(h.status, 504);
+      assert.equal(h.code, 'TANDEM_ERR_UPSTREAM_TIMEOUT');
+      assert.ok(h.ms >= 450 && h.ms < 1500, `504 after ${h.ms} ms`);
+    }
+    assert.ok(r.total > 50, `only ${r.total} requests to the healthy service`);
+    assert.deepEqual(r.failures, []);
+    // The deadline travels upstream: what is left of it, in the same header.
+    const seen = stuck.seen.at(-1)?.headers['x-tandem-timeout-ms'];
+    assert.ok(seen !== undefined && Number(seen) <= 500 && Number(seen) > 0, `upstream saw ${String(seen)}`);
+    await sidecar.close();
+  });
+});
