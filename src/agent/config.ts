@@ -47,6 +47,8 @@ export interface Config {
     /** New or recovered instances ramp up over this window; 0 = off. */
     slowStartMs: number;
     flap: { threshold: number; windowMs: number; holdMs: number };
+    broadcastTimeoutMs: number;
+    broadcastMaxBodyBytes: number;
   };
   api: { listen: string; token?: string; tokenFile?: string };
   stateDir: string;
@@ -62,6 +64,7 @@ export interface Config {
     ttlMs: number;
   };
   watch: { waitMs: number; idleMs: number; firstAnswerTimeoutMs: number; maxBackoffMs: number; maxServices: number };
+  events: { retentionMs: number; maxPayloadBytes: number };
   shutdownTimeoutMs: number;
   log: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent' };
 }
@@ -75,7 +78,7 @@ const ms = (min: number, max: number) => ({ type: 'integer', minimum: min, maxim
 export const configSchema = {
   type: 'object',
   additionalProperties: false,
-  required: ['consul', 'node', 'proxy', 'api', 'stateDir', 'services', 'upstreams', 'registration', 'watch', 'shutdownTimeoutMs', 'log'],
+  required: ['consul', 'node', 'proxy', 'api', 'stateDir', 'services', 'upstreams', 'registration', 'watch', 'events', 'shutdownTimeoutMs', 'log'],
   properties: {
     consul: {
       type: 'object',
@@ -104,7 +107,7 @@ export const configSchema = {
     proxy: {
       type: 'object',
       additionalProperties: false,
-      required: ['listen', 'retries', 'retryStatuses', 'retryBufferBytes', 'upstreamTimeoutMs', 'bodyTimeoutMs', 'connectTimeoutMs', 'connectionsPerInstance', 'maxUrlBytes', 'maxHeaderBytes', 'ejection', 'requestTimeoutMs', 'retryBudget', 'slowStartMs', 'flap'],
+      required: ['listen', 'retries', 'retryStatuses', 'retryBufferBytes', 'upstreamTimeoutMs', 'bodyTimeoutMs', 'connectTimeoutMs', 'connectionsPerInstance', 'maxUrlBytes', 'maxHeaderBytes', 'ejection', 'requestTimeoutMs', 'retryBudget', 'slowStartMs', 'flap', 'broadcastTimeoutMs', 'broadcastMaxBodyBytes'],
       properties: {
         listen: { type: 'string', pattern: LISTEN_PATTERN, description: 'host:port' },
         retries: { type: 'integer', minimum: 0, maximum: 10 },
@@ -135,6 +138,8 @@ export const configSchema = {
           properties: { ratio: { type: 'number', minimum: 0, maximum: 10 }, minPerSecond: { type: 'number', minimum: 0, maximum: 100_000 }, windowMs: ms(1000, 600_000) },
         },
         slowStartMs: ms(0, 3_600_000),
+        broadcastTimeoutMs: ms(10, 600_000),
+        broadcastMaxBodyBytes: { type: 'integer', minimum: 0, maximum: 64 * 1024 * 1024 },
         flap: {
           type: 'object',
           additionalProperties: false,
@@ -177,6 +182,12 @@ export const configSchema = {
         maxBackoffMs: ms(100, 600_000),
       },
     },
+    events: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['retentionMs', 'maxPayloadBytes'],
+      properties: { retentionMs: ms(10_000, 86_400_000), maxPayloadBytes: { type: 'integer', minimum: 1024, maximum: 262_144 } },
+    },
     shutdownTimeoutMs: ms(0, 600_000),
     log: {
       type: 'object',
@@ -209,6 +220,8 @@ function defaults(): Config {
       retryBudget: { ratio: 0.2, minPerSecond: 10, windowMs: 10_000 },
       slowStartMs: 5000,
       flap: { threshold: 3, windowMs: 60_000, holdMs: 30_000 },
+      broadcastTimeoutMs: 5000,
+      broadcastMaxBodyBytes: 1_048_576,
     },
     api: { listen: '127.0.0.1:7701' },
     stateDir: '.tandem',
@@ -216,6 +229,7 @@ function defaults(): Config {
     upstreams: [],
     registration: { syncIntervalMs: 2000, drainMs: 2000, checkIntervalMs: 10_000, checkTimeoutMs: 5000, ttlMs: 30_000 },
     watch: { waitMs: 55_000, idleMs: 300_000, firstAnswerTimeoutMs: 2000, maxBackoffMs: 10_000, maxServices: 100 },
+    events: { retentionMs: 300_000, maxPayloadBytes: 65_536 },
     shutdownTimeoutMs: 15_000,
     log: { level: 'info' },
   };

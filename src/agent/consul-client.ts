@@ -48,6 +48,14 @@ export interface LocalCheck {
   output: string;
 }
 
+export interface KvEntry {
+  key: string;
+  value: string;
+  modifyIndex: number;
+  lockIndex: number;
+  session?: string;
+}
+
 /** One instance from `/v1/health/service/<name>`. */
 export interface HealthEntry {
   node: string;
@@ -92,6 +100,9 @@ type RawCall = (opts: RawOpts) => Promise<unknown>;
 interface RawConsul {
   agent: { self: RawCall; service: { register: RawCall; deregister: RawCall; maintenance: RawCall; list: RawCall }; check: { pass: RawCall; list: RawCall } };
   health: { service: RawCall };
+  catalog: { service: { list: RawCall } };
+  kv: { get: RawCall; keys: RawCall; set: RawCall; del: RawCall };
+  session: { create: RawCall; destroy: RawCall };
   destroy(): void;
 }
 
@@ -252,6 +263,86 @@ export class ConsulClient {
     } finally {
       opts.signal?.removeEventListener('abort', onAbort);
     }
+  }
+
+  /** Every service name in the catalog (`/v1/catalog/services`). */
+  async catalogServices(): Promise<string[]> {
+    const body = (await this.#call('list the catalog services', () => this.#raw.catalog.service.list({ timeout: this.#requestTimeoutMs }))) as Record<string, string[]>;
+    return Object.keys(body ?? {}).sort();
+  }
+
+  /** The keys under `prefix` (blocking with `index` > 0); an absent prefix is an empty list. */
+  async kvKeys(prefix: string, opts: { index: number; waitMs: number; signal?: AbortSignal }): Promise<BlockingResult<string[]>> {
+    const ctx = Object.assign(new EventEmitter(), { includeResponse: true });
+    const onAbort = () => ctx.emit('cancel');
+    opts.signal?.addEventListener('abort', onAbort, { once: true });
+    const raw: RawOpts = { key: prefix, ctx, timeout: opts.index > 0 ? Math.ceil((opts.waitMs * 17) / 16) + this.#requestTimeoutMs : this.#requestTimeoutMs };
+    if (opts.index > 0) {
+      raw['index'] = String(opts.index);
+      raw['wait'] = consulDuration(opts.waitMs);
+    }
+    try {
+      const [res, body] = (await this.#raw.kv.keys(raw)) as [RawResponse, string[] | undefined];
+      return { index: Number(res.headers['x-consul-index'] ?? 0), knownLeader: true, lastContactMs: 0, value: body ?? [] };
+    } catch (err) {
+      const e = err as { statusCode?: number; response?: RawResponse };
+      // 404 = nothing under the prefix yet; its index still blocks the next query.
+      if (e.statusCode === 404 && e.response) return { index: Number(e.response.headers['x-consul-index'] ?? 0), knownLeader: true, lastContactMs: 0, value: [] };
+      throw mapError(`list the keys under '${prefix}'`, err);
+    } finally {
+      opts.signal?.removeEventListener('abort', onAbort);
+    }
+  }
+
+  /** One key (blocking with `index` > 0), or undefined when it does not exist. */
+  async kvGet(key: string, opts: { index?: number; waitMs?: number; signal?: AbortSignal } = {}): Promise<BlockingResult<KvEntry | undefined>> {
+    const ctx = Object.assign(new EventEmitter(), { includeResponse: true });
+    const onAbort = () => ctx.emit('cancel');
+    opts.signal?.addEventListener('abort', onAbort, { once: true });
+    const index = opts.index ?? 0;
+    const waitMs = opts.waitMs ?? 0;
+    const raw: RawOpts = { key, ctx, timeout: index > 0 ? Math.ceil((waitMs * 17) / 16) + this.#requestTimeoutMs : this.#requestTimeoutMs };
+    if (index > 0) {
+      raw['index'] = String(index);
+      raw['wait'] = consulDuration(waitMs);
+    }
+    try {
+      const [res, body] = (await this.#call(`read the key '${key}'`, () => this.#raw.kv.get(raw))) as [RawResponse, { Key: string; Value: string | null; ModifyIndex: number; LockIndex: number; Session?: string } | undefined];
+      return {
+        index: Number(res.headers['x-consul-index'] ?? 0),
+        knownLeader: true,
+        lastContactMs: 0,
+        value: body ? { key: body.Key, value: body.Value ?? '', modifyIndex: body.ModifyIndex, lockIndex: body.LockIndex, ...(body.Session ? { session: body.Session } : {}) } : undefined,
+      };
+    } finally {
+      opts.signal?.removeEventListener('abort', onAbort);
+    }
+  }
+
+  /** Writes a key; false when a `cas` or lock (`acquire`/`release`) condition did not hold. */
+  async kvPut(key: string, value: string, opts: { cas?: number; acquire?: string; release?: string } = {}): Promise<boolean> {
+    const raw: RawOpts = { key, value, timeout: this.#requestTimeoutMs };
+    if (opts.cas !== undefined) raw['cas'] = opts.cas;
+    if (opts.acquire !== undefined) raw['acquire'] = opts.acquire;
+    if (opts.release !== undefined) raw['release'] = opts.release;
+    // node-consul answers `undefined` (not false) when the condition fails.
+    return (await this.#call(`write the key '${key}'`, () => this.#raw.kv.set(raw))) === true;
+  }
+
+  async kvDelete(key: string, opts: { recurse?: boolean } = {}): Promise<void> {
+    await this.#call(`delete the key '${key}'`, () => this.#raw.kv.del({ key, recurse: opts.recurse ?? false, timeout: this.#requestTimeoutMs }));
+  }
+
+  /** A session tied to the given checks (serfHealth is always included by Consul when `checks` lists it). */
+  async sessionCreate(opts: { name: string; checks: string[]; lockDelayMs: number; behavior: 'release' | 'delete' }): Promise<string> {
+    const body = (await this.#call('create a session', () =>
+      this.#raw.session.create({ name: opts.name, checks: opts.checks, lockdelay: consulDuration(opts.lockDelayMs), behavior: opts.behavior, timeout: this.#requestTimeoutMs }),
+    )) as { ID: string };
+    return body.ID;
+  }
+
+  async sessionDestroy(id: string): Promise<void> {
+    await this.#call('destroy a session', () => this.#raw.session.destroy({ id, timeout: this.#requestTimeoutMs }));
   }
 
   /** Runs one node-consul call and maps its failure onto our catalogue; never keeps the raw response. */

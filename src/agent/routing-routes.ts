@@ -9,6 +9,7 @@ import type { OutlierDetector } from '../proxy/outlier-detector.ts';
 import type { RangeCache } from '../proxy/range-cache.ts';
 import type { RoutingTable } from '../proxy/routing-table.ts';
 import type { RoutePlugin } from './control-api.ts';
+import { openSse, type SseStream } from './sse.ts';
 import { SERVICE_NAME_PATTERN } from './schemas.ts';
 
 export interface RoutingRoutesDeps {
@@ -77,24 +78,19 @@ export function routingRoutes(deps: RoutingRoutesDeps): RoutePlugin {
         const parsed = range === '' ? null : deps.ranges.get(range);
         const routable = (set: EndpointSet) => new Map(set.subset(range, parsed).healthy.map((e) => [e.id, e]));
         let known = new Map<string, Endpoint>();
-        const send = (event: string, data: unknown) => reply.raw.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
+        let sse: SseStream | undefined;
         const { set, stop } = await deps.table.listen(req.params.service, (next) => {
           const now = Date.now();
           const cur = routable(next);
-          for (const [id, e] of known) if (!cur.has(id)) send('removed', describe(e, now));
-          for (const [id, e] of cur) if (!known.has(id)) send('added', describe(e, now));
+          for (const [id, e] of known) if (!cur.has(id)) sse?.send('removed', describe(e, now));
+          for (const [id, e] of cur) if (!known.has(id)) sse?.send('added', describe(e, now));
           known = cur;
         });
-        reply.hijack();
-        reply.raw.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
+        sse = openSse(req, reply);
+        sse.onClose(stop);
         known = routable(set);
         const now = Date.now();
-        send('reset', { service: req.params.service, range: range || null, instances: [...known.values()].map((e) => describe(e, now)) });
-        const keepAlive = setInterval(() => reply.raw.write(': keep-alive\n\n'), 15_000);
-        req.raw.on('close', () => {
-          clearInterval(keepAlive);
-          stop();
-        });
+        sse.send('reset', { service: req.params.service, range: range || null, instances: [...known.values()].map((e) => describe(e, now)) });
       },
     );
 

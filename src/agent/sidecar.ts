@@ -9,6 +9,8 @@ import { createLogger } from './logger.ts';
 import { Registrar } from './registrar.ts';
 import { routingRoutes } from './routing-routes.ts';
 import { CatalogWatcher } from './catalog-watcher.ts';
+import { EventBus } from './event-bus.ts';
+import { eventRoutes } from './event-routes.ts';
 import { Balancer } from '../proxy/balancer.ts';
 import { Forwarder } from '../proxy/forwarder.ts';
 import { OutlierDetector } from '../proxy/outlier-detector.ts';
@@ -42,6 +44,7 @@ export class Sidecar {
   #table: RoutingTable | undefined;
   #forwarder: Forwarder | undefined;
   #proxy: ProxyServer | undefined;
+  #bus: EventBus | undefined;
   #addresses: SidecarAddresses | undefined;
   #closing: Promise<void> | undefined;
 
@@ -131,8 +134,13 @@ export class Sidecar {
       upstreamTimeoutMs: c.proxy.upstreamTimeoutMs,
       requestTimeoutMs: c.proxy.requestTimeoutMs,
       retryBudget: new RetryBudget({ ...c.proxy.retryBudget }),
+      broadcastTimeoutMs: c.proxy.broadcastTimeoutMs,
+      broadcastMaxBodyBytes: c.proxy.broadcastMaxBodyBytes,
     });
     this.#proxy = proxy;
+
+    const bus = new EventBus({ consul: this.#consul, logger: this.logger, retentionMs: c.events.retentionMs, waitMs: c.watch.waitMs });
+    this.#bus = bus;
 
     const api = new ControlApi({
       host: apiListen.host,
@@ -158,6 +166,7 @@ export class Sidecar {
             return st ? { lastOkAt: st.lastOkAt, stale: st.stale } : undefined;
           },
         }),
+        eventRoutes(bus, c.events.maxPayloadBytes),
       ],
     });
     const { port: proxyPort } = await proxy.start();
@@ -178,6 +187,7 @@ export class Sidecar {
       ...(wildcard || isIP(apiListen.host) === 0 ? {} : { address: apiListen.host }),
     };
     this.#addresses = { api: httpUrl(apiListen.host, apiPort), proxy: httpUrl(proxyListen.host, proxyPort) };
+    bus.start(sidecarId);
     await registrar.start(sidecarService);
     proxy.open();
     this.logger.info({ api: this.#addresses.api, proxy: this.#addresses.proxy, consul: this.#consul.address, node: c.node.name, version: TANDEM_VERSION }, 'tandem sidecar started');
@@ -191,6 +201,7 @@ export class Sidecar {
       // deregister this host's services, then the API and the watches.
       await this.#proxy?.close(this.config.shutdownTimeoutMs);
       await this.#registrar?.close();
+      this.#bus?.close();
       await this.#api?.close();
       this.#table?.close();
       await this.#watcher?.close();

@@ -27,6 +27,12 @@ export class BadTimeoutError extends TandemError {
   }
 }
 
+export class PayloadTooLargeError extends TandemError {
+  constructor(limit: number) {
+    super('TANDEM_ERR_PAYLOAD_TOO_LARGE', 413, `the request body is larger than ${limit} bytes`);
+  }
+}
+
 export class ForeignHostError extends TandemError {
   constructor(host: string) {
     super('TANDEM_ERR_FOREIGN_HOST', 403, `'${host}' is not a catalog service: Tandem only proxies to <service>.service.consul (it is not an open proxy)`);

@@ -182,6 +182,45 @@ export class Forwarder {
     });
   }
 
+  /**
+   * One whole exchange with one instance, buffered (for broadcast): resolves with the response, or with
+   * the error that ended it within `timeoutMs`.
+   */
+  async collect(
+    endpoint: Endpoint,
+    o: { method: string; path: string; headers: string[]; body: Buffer | null; timeoutMs: number; maxBodyBytes: number },
+  ): Promise<{ status: number; headers: IncomingHttpHeaders; body: Buffer } | { error: { code: string; message: string } }> {
+    const signal = AbortSignal.timeout(o.timeoutMs);
+    try {
+      const r = await this.pool(endpoint).request({
+        method: o.method as Dispatcher.HttpMethod,
+        path: o.path,
+        headers: o.headers,
+        body: o.body,
+        headersTimeout: o.timeoutMs,
+        bodyTimeout: o.timeoutMs,
+        signal,
+      });
+      const chunks: Buffer[] = [];
+      let size = 0;
+      for await (const c of r.body as AsyncIterable<Buffer>) {
+        size += c.length;
+        if (size > o.maxBodyBytes) {
+          r.body.destroy();
+          return { error: { code: 'TANDEM_ERR_BROADCAST_BODY_TOO_LARGE', message: `the response is larger than ${o.maxBodyBytes} bytes` } };
+        }
+        chunks.push(c);
+      }
+      return { status: r.statusCode, headers: stripResponseHeaders(r.headers as IncomingHttpHeaders), body: Buffer.concat(chunks) };
+    } catch (err) {
+      const code = (err as { code?: string }).code;
+      if (signal.aborted || code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') {
+        return { error: { code: 'TANDEM_ERR_UPSTREAM_TIMEOUT', message: `no complete answer within ${o.timeoutMs} ms` } };
+      }
+      return { error: { code: 'TANDEM_ERR_UPSTREAM_FAILED', message: code ?? (err as Error).message } };
+    }
+  }
+
   /** Opens a WebSocket (or other upgrade) connection to one instance. */
   async upgrade(endpoint: Endpoint, path: string, headers: string[], protocol: string): Promise<{ headers: IncomingHttpHeaders; socket: Duplex }> {
     const r = await this.pool(endpoint).upgrade({ path, method: 'GET', headers, protocol, headersTimeout: this.#o.upstreamTimeoutMs } as Dispatcher.UpgradeOptions);

@@ -7,7 +7,7 @@ import type { Endpoint } from './endpoint-source.ts';
 import type { EndpointSet, Subset } from './endpoint-set.ts';
 import {
   HeadersTooLargeError, InstanceNotFoundError, MethodNotAllowedError, NoHealthyInstanceError, TandemError,
-  TrailerNotSupportedError, UnknownServiceError, BadTimeoutError, UpstreamFailedError, UpstreamTimeoutError, UrlTooLongError, BadTargetError,
+  TrailerNotSupportedError, UnknownServiceError, BadTimeoutError, PayloadTooLargeError, UpstreamFailedError, UpstreamTimeoutError, UrlTooLongError, BadTargetError,
 } from './errors.ts';
 import type { AttemptResult, Forwarder, RequestBody } from './forwarder.ts';
 import { upstreamRequestHeaders } from './headers.ts';
@@ -38,6 +38,9 @@ export interface ProxyServerOptions {
   /** The whole request's budget (retries included) when the caller sends no X-Tandem-Timeout-Ms. */
   requestTimeoutMs: number;
   retryBudget: RetryBudget;
+  /** Per-instance timeout of a broadcast when the caller sends no X-Tandem-Timeout-Ms. */
+  broadcastTimeoutMs: number;
+  broadcastMaxBodyBytes: number;
 }
 
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE']);
@@ -104,7 +107,8 @@ export class ProxyServer {
       const set = this.#o.table.current(target.service) ?? (await this.#o.table.get(target.service));
       if (set.all.length === 0) throw new UnknownServiceError(target.service);
       const subset = set.subset(target.range, range);
-      await this.#forward(req, res, target, set, subset);
+      if (header(req, 'x-tandem-broadcast') !== undefined) await this.#broadcast(req, res, target, set, subset);
+      else await this.#forward(req, res, target, set, subset);
     } catch (err) {
       this.#sendError(res, err);
     }
@@ -173,6 +177,53 @@ export class ProxyServer {
     }
     if (stoppedBy === 'deadline' || (last?.timeout && !last.unsent)) throw new UpstreamTimeoutError(service, Math.min(budgetMs, this.#o.upstreamTimeoutMs));
     throw new UpstreamFailedError(service, tried.size, [last ? `last try ${last.reason}` : 'no instance left to try', stoppedBy].filter(Boolean).join('; '));
+  }
+
+  /**
+   * `X-Tandem-Broadcast: all`: the request goes to every healthy instance in range at once; the answer is
+   * one JSON array with an entry per instance (a failed instance is an entry with its error).
+   */
+  async #broadcast(req: IncomingMessage, res: ServerResponse, target: Target, set: EndpointSet, subset: Subset): Promise<void> {
+    if (header(req, 'x-tandem-broadcast') !== 'all') throw new BadTargetError("X-Tandem-Broadcast must be 'all'");
+    const asked = header(req, 'x-tandem-timeout-ms');
+    const timeoutMs = asked === undefined ? this.#o.broadcastTimeoutMs : parseTimeout(asked);
+    const body = await readBody(req, this.#o.retryBufferBytes);
+    if (body.kind === 'stream') throw new PayloadTooLargeError(this.#o.retryBufferBytes);
+    const targets = subset.healthy;
+    if (targets.length === 0) throw new NoHealthyInstanceError(target.service, target.range || undefined, set.versions, set.healthyVersions);
+    const all = upstreamRequestHeaders(req.rawHeaders, req.headers, req.socket.remoteAddress);
+    const headers: string[] = [];
+    for (let i = 0; i < all.length; i += 2) if ((all[i] as string).toLowerCase() !== 'x-tandem-broadcast') headers.push(all[i] as string, all[i + 1] as string);
+    const entries = await Promise.all(
+      targets.map(async (e) => {
+        const r = await this.#o.forwarder.collect(e, {
+          method: req.method ?? 'GET',
+          path: target.path,
+          headers,
+          body: body.kind === 'buffer' ? body.data : null,
+          timeoutMs,
+          maxBodyBytes: this.#o.broadcastMaxBodyBytes,
+        });
+        if ('error' in r) {
+          this.#o.outliers.report(e, 'failure');
+          return { instance: e.id, version: e.version, error: r.error };
+        }
+        this.#o.outliers.report(e, 'success');
+        const type = String(r.headers['content-type'] ?? '');
+        let parsed: unknown = r.body.toString('utf8');
+        if (/[/+]json\b/.test(type)) {
+          try {
+            parsed = JSON.parse(parsed as string);
+          } catch {
+            // not JSON after all: keep the text
+          }
+        }
+        return { instance: e.id, version: e.version, status: r.status, headers: r.headers, body: parsed };
+      }),
+    );
+    const out = JSON.stringify(entries);
+    res.writeHead(200, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(out), 'x-tandem-broadcast': String(entries.length) });
+    res.end(out);
   }
 
   #pinned(set: EndpointSet, subset: Subset, id: string, tried: ReadonlySet<string>): Picked | undefined {

@@ -2,7 +2,7 @@
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { TandemError } from './tandem-error.ts';
-import type { CheckSpec, ErrorBody, InstanceInfo, Registration, ResolvedInstance, ServiceSpec } from './wire.ts';
+import type { BroadcastEntry, TandemEvent, CheckSpec, ErrorBody, InstanceInfo, Registration, ResolvedInstance, ServiceSpec } from './wire.ts';
 
 /**
  * Options of a {@link Tandem} client.
@@ -234,6 +234,26 @@ export class Tandem {
   }
 
   /**
+   * Sends the request to every healthy instance in range at once and gathers every answer (meshage's
+   * broadcast): one entry per instance, a failed instance being an entry with its error. `timeoutMs`
+   * bounds each instance's answer.
+   *
+   * @example
+   * ```ts
+   * const entries = await tandem.broadcast('cache@^2', '/flush', { method: 'POST', timeoutMs: 1000 });
+   * ```
+   */
+  async broadcast(target: string, path: string, init: TandemRequestInit = {}): Promise<BroadcastEntry[]> {
+    const { timeoutMs, ...rest } = init;
+    const headers = new Headers(rest.headers);
+    headers.set('x-tandem-broadcast', 'all');
+    if (timeoutMs !== undefined) headers.set('x-tandem-timeout-ms', String(timeoutMs));
+    const res = await this.request(target, path, { ...rest, headers });
+    if (!res.ok) throw await toError(res);
+    return (await res.json()) as BroadcastEntry[];
+  }
+
+  /**
    * One instance of a service, picked like the proxy would (honours `stickyId`), for non-HTTP clients.
    *
    * @example
@@ -299,39 +319,7 @@ export class Tandem {
         listener({ type: event, instance: i });
       }
     };
-    void (async () => {
-      let delay = 100;
-      while (!ctrl.signal.aborted) {
-        try {
-          const res = await fetch(`${this.url}${path}`, { headers: this.#headers(), signal: ctrl.signal });
-          if (!res.ok || !res.body) throw await toError(res);
-          delay = 100;
-          const decoder = new TextDecoder();
-          let buf = '';
-          for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
-            buf += decoder.decode(chunk, { stream: true });
-            let end;
-            while ((end = buf.indexOf('\n\n')) !== -1) {
-              const block = buf.slice(0, end);
-              buf = buf.slice(end + 2);
-              let event = 'message';
-              let data = '';
-              for (const line of block.split('\n')) {
-                if (line.startsWith('event: ')) event = line.slice(7);
-                else if (line.startsWith('data: ')) data += line.slice(6);
-              }
-              if (data) apply(event, data);
-            }
-          }
-        } catch (err) {
-          if (ctrl.signal.aborted) return;
-          opts.onError?.(err instanceof TandemError ? err : this.#unreachable(err));
-        }
-        if (ctrl.signal.aborted) return;
-        await new Promise((r) => setTimeout(r, delay));
-        delay = Math.min(delay * 2, 2000);
-      }
-    })();
+    this.#stream(() => path, apply, ctrl.signal, opts.onError);
     return () => ctrl.abort();
   }
 
@@ -364,6 +352,91 @@ export class Tandem {
       if (Date.now() >= deadline) throw new TandemError('TANDEM_ERR_WAIT_TIMEOUT', 504, `still no healthy instance after ${opts.timeoutMs} ms for: ${missing.join(', ')}`);
       await new Promise((r) => setTimeout(r, Math.min(opts.intervalMs ?? 200, Math.max(0, deadline - Date.now()))));
     }
+  }
+
+  /**
+   * Publishes an event to every subscriber of `topic` on every host (payload: any JSON value up to
+   * 64 KB). Resolves with the event's id once it is stored in Consul.
+   *
+   * @example
+   * ```ts
+   * await tandem.publish('orders.created', { orderId: 42 });
+   * ```
+   */
+  async publish(topic: string, payload: unknown): Promise<{ id: string; seq: number; ts: number }> {
+    return this.#api('POST', `/v1/events/${encodeURIComponent(topic)}`, payload === undefined ? null : payload);
+  }
+
+  /**
+   * Receives every event published to `topic` after this call, on any host, each publisher's in order,
+   * exactly once (the SDK drops the duplicates that at-least-once delivery can bring). Survives a
+   * sidecar restart: what was published meanwhile arrives after the reconnect (within the retention
+   * window). Returns the function that stops it.
+   *
+   * @example
+   * ```ts
+   * const stop = tandem.subscribe('orders.created', (payload, event) => console.log(event.id, payload));
+   * ```
+   */
+  subscribe(topic: string, handler: (payload: unknown, event: TandemEvent) => void, opts: { onError?: (err: TandemError) => void } = {}): () => void {
+    const ctrl = new AbortController();
+    let cursor: Record<string, number> | undefined;
+    const path = () => `/v1/events/${encodeURIComponent(topic)}${cursor ? `?cursor=${encodeURIComponent(JSON.stringify(cursor))}` : ''}`;
+    this.#stream(
+      path,
+      (event, data) => {
+        if (event === 'cursor') {
+          cursor ??= JSON.parse(data) as Record<string, number>;
+          return;
+        }
+        if (event !== 'event') return;
+        const e = JSON.parse(data) as TandemEvent;
+        cursor ??= {};
+        if (e.seq <= (cursor[e.publisher] ?? 0)) return; // a duplicate (at-least-once delivery)
+        cursor[e.publisher] = e.seq;
+        handler(e.payload, e);
+      },
+      ctrl.signal,
+      opts.onError,
+    );
+    return () => ctrl.abort();
+  }
+
+  /** Reads a server-sent event stream, reconnecting (with backoff) until `signal` aborts. */
+  #stream(path: () => string, onEvent: (event: string, data: string) => void, signal: AbortSignal, onError?: (err: TandemError) => void): void {
+    void (async () => {
+      let delay = 100;
+      while (!signal.aborted) {
+        try {
+          const res = await fetch(`${this.url}${path()}`, { headers: this.#headers(), signal });
+          if (!res.ok || !res.body) throw await toError(res);
+          delay = 100;
+          const decoder = new TextDecoder();
+          let buf = '';
+          for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+            buf += decoder.decode(chunk, { stream: true });
+            let end;
+            while ((end = buf.indexOf('\n\n')) !== -1) {
+              const block = buf.slice(0, end);
+              buf = buf.slice(end + 2);
+              let event = 'message';
+              let data = '';
+              for (const line of block.split('\n')) {
+                if (line.startsWith('event: ')) event = line.slice(7);
+                else if (line.startsWith('data: ')) data += line.slice(6);
+              }
+              if (data) onEvent(event, data);
+            }
+          }
+        } catch (err) {
+          if (signal.aborted) return;
+          onError?.(err instanceof TandemError ? err : this.#unreachable(err));
+        }
+        if (signal.aborted) return;
+        await new Promise((r) => setTimeout(r, delay));
+        delay = Math.min(delay * 2, 2000);
+      }
+    })();
   }
 
   /** The sidecar's proxy address (asked once from the sidecar unless given). */

@@ -131,3 +131,33 @@ export interface ResolvedInstance {
   /** Sticky only: the key's own instance could not serve; this is the next one on the ring. */
   moved: boolean;
 }
+
+/**
+ * One instance's part of a broadcast answer: its response, or the error that ended it.
+ *
+ * @example
+ * ```ts
+ * const entries = await tandem.broadcast('cache', '/flush', { method: 'POST' });
+ * const failed = entries.filter((e) => 'error' in e);
+ * ```
+ */
+export type BroadcastEntry =
+  | { instance: string; version: string; status: number; headers: Record<string, string | string[] | undefined>; body: unknown }
+  | { instance: string; version: string; error: { code: string; message: string } };
+
+/**
+ * A pub/sub event as subscribers receive it. `id` is unique; `seq` orders one publisher's events.
+ *
+ * @example
+ * ```ts
+ * tandem.subscribe('jobs', (payload, e: TandemEvent) => console.log(e.publisher, e.seq, payload));
+ * ```
+ */
+export interface TandemEvent {
+  id: string;
+  topic: string;
+  publisher: string;
+  seq: number;
+  ts: number;
+  payload: unknown;
+}
