@@ -2,8 +2,8 @@
 import type { FastifyInstance } from 'fastify';
 import type { RoutePlugin } from './control-api.ts';
 import { InvalidRequestError } from './errors.ts';
-import { TOPIC_PATTERN, type Cursor, type EventBus } from './event-bus.ts';
-import { openSse } from './sse.ts';
+import { TOPIC_PATTERN, type Cursor, type EventBus, type TandemEvent } from './event-bus.ts';
+import { openSse, type SseStream } from './sse.ts';
 
 const params = {
   type: 'object',
@@ -35,13 +35,15 @@ export function eventRoutes(bus: EventBus, maxPayloadBytes: number): RoutePlugin
             throw new InvalidRequestError('cursor must be a JSON object of publisher → last seq seen', 'TANDEM_ERR_INVALID_CURSOR');
           }
         }
-        const pending: unknown[] = [];
-        let sse: ReturnType<typeof openSse> | undefined;
-        const sub = await bus.subscribe(req.params.topic, cursor, (e) => (sse ? sse.send('event', e, e.id) : pending.push(e)));
-        sse = openSse(req, reply);
+        // The backlog arrives before the stream is open: it is queued and sent right after the cursor.
+        const pending: TandemEvent[] = [];
+        const out: { sse?: SseStream } = {};
+        const sub = await bus.subscribe(req.params.topic, cursor, (e) => (out.sse ? out.sse.send('event', e, e.id) : pending.push(e)));
+        const sse = openSse(req, reply);
         sse.onClose(sub.close);
         sse.send('cursor', sub.cursor);
-        for (const e of pending) sse.send('event', e, (e as { id: string }).id);
+        for (const e of pending) sse.send('event', e, e.id);
+        out.sse = sse;
       },
     );
   };

@@ -78,15 +78,17 @@ export function routingRoutes(deps: RoutingRoutesDeps): RoutePlugin {
         const parsed = range === '' ? null : deps.ranges.get(range);
         const routable = (set: EndpointSet) => new Map(set.subset(range, parsed).healthy.map((e) => [e.id, e]));
         let known = new Map<string, Endpoint>();
-        let sse: SseStream | undefined;
+        // Updates may come before the stream is open: they are sent once it is.
+        const out: { sse?: SseStream } = {};
         const { set, stop } = await deps.table.listen(req.params.service, (next) => {
           const now = Date.now();
           const cur = routable(next);
-          for (const [id, e] of known) if (!cur.has(id)) sse?.send('removed', describe(e, now));
-          for (const [id, e] of cur) if (!known.has(id)) sse?.send('added', describe(e, now));
+          for (const [id, e] of known) if (!cur.has(id)) out.sse?.send('removed', describe(e, now));
+          for (const [id, e] of cur) if (!known.has(id)) out.sse?.send('added', describe(e, now));
           known = cur;
         });
-        sse = openSse(req, reply);
+        const sse = openSse(req, reply);
+        out.sse = sse;
         sse.onClose(stop);
         known = routable(set);
         const now = Date.now();
