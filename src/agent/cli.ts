@@ -1,6 +1,7 @@
 // The `tandem` command line: `start` runs the sidecar, `dev` runs a whole local setup; errors print one line.
 import { FLAGS, loadConfig } from './config.ts';
 import { TandemError } from './errors.ts';
+import { OPERATOR_USAGE, runOperator } from './cli-client.ts';
 import { Sidecar } from './sidecar.ts';
 import { TANDEM_VERSION } from './version.ts';
 
@@ -13,7 +14,8 @@ Usage:
   tandem <command> --help
 
 Run 'tandem start --help' for every flag.
-`;
+
+${OPERATOR_USAGE}`;
 
 function startUsage(): string {
   const width = Math.max(...FLAGS.map((f) => `${f.flag} ${f.arg}`.length));
@@ -45,6 +47,18 @@ export async function main(argv: readonly string[]): Promise<number> {
       return 0;
     }
     return runStart(rest);
+  }
+  if (['drain', 'undrain', 'leaders', 'members'].includes(command)) {
+    if (rest.includes('--help')) {
+      process.stdout.write(OPERATOR_USAGE);
+      return 0;
+    }
+    try {
+      return await runOperator(command, rest, (s) => process.stdout.write(s));
+    } catch (err) {
+      process.stderr.write(`tandem ${command}: ${oneLine(err)}\n`);
+      return 1;
+    }
   }
   if (command === 'dev') {
     const { runDev } = await import('./dev-command.ts');

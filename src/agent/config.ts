@@ -65,6 +65,9 @@ export interface Config {
   };
   watch: { waitMs: number; idleMs: number; firstAnswerTimeoutMs: number; maxBackoffMs: number; maxServices: number };
   events: { retentionMs: number; maxPayloadBytes: number };
+  /** Consul's lock-delay for election sessions: how long a lock stays blocked after its holder's session is invalidated. */
+  elections: { lockDelayMs: number };
+  drain: { deadlineMs: number };
   shutdownTimeoutMs: number;
   log: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent' };
 }
@@ -78,7 +81,7 @@ const ms = (min: number, max: number) => ({ type: 'integer', minimum: min, maxim
 export const configSchema = {
   type: 'object',
   additionalProperties: false,
-  required: ['consul', 'node', 'proxy', 'api', 'stateDir', 'services', 'upstreams', 'registration', 'watch', 'events', 'shutdownTimeoutMs', 'log'],
+  required: ['consul', 'node', 'proxy', 'api', 'stateDir', 'services', 'upstreams', 'registration', 'watch', 'events', 'elections', 'drain', 'shutdownTimeoutMs', 'log'],
   properties: {
     consul: {
       type: 'object',
@@ -188,6 +191,8 @@ export const configSchema = {
       required: ['retentionMs', 'maxPayloadBytes'],
       properties: { retentionMs: ms(10_000, 86_400_000), maxPayloadBytes: { type: 'integer', minimum: 1024, maximum: 262_144 } },
     },
+    elections: { type: 'object', additionalProperties: false, required: ['lockDelayMs'], properties: { lockDelayMs: ms(0, 60_000) } },
+    drain: { type: 'object', additionalProperties: false, required: ['deadlineMs'], properties: { deadlineMs: ms(0, 86_400_000) } },
     shutdownTimeoutMs: ms(0, 600_000),
     log: {
       type: 'object',
@@ -230,6 +235,8 @@ function defaults(): Config {
     registration: { syncIntervalMs: 2000, drainMs: 2000, checkIntervalMs: 10_000, checkTimeoutMs: 5000, ttlMs: 30_000 },
     watch: { waitMs: 55_000, idleMs: 300_000, firstAnswerTimeoutMs: 2000, maxBackoffMs: 10_000, maxServices: 100 },
     events: { retentionMs: 300_000, maxPayloadBytes: 65_536 },
+    elections: { lockDelayMs: 5000 },
+    drain: { deadlineMs: 30_000 },
     shutdownTimeoutMs: 15_000,
     log: { level: 'info' },
   };
@@ -410,4 +417,17 @@ export function loadConfig(opts: LoadOptions): FrozenConfig {
 export function parseListen(listen: string): ListenAddress {
   const at = listen.lastIndexOf(':');
   return { host: listen.slice(0, at).replace(/^\[|\]$/g, ''), port: Number(listen.slice(at + 1)) };
+}
+
+/**
+ * Where the operator commands find a sidecar: the flag, else TANDEM_API, else the default; the API
+ * token from TANDEM_API_TOKEN(_FILE).
+ */
+export function apiUrlFrom(flag: string | undefined, env: Readonly<Record<string, string | undefined>> = process.env): { url: string; token?: string } {
+  const raw = flag ?? env['TANDEM_API'] ?? '127.0.0.1:7701';
+  const url = (/^[a-z]+:\/\//i.test(raw) ? raw : `http://${raw}`).replace(/\/+$/, '');
+  let token = env['TANDEM_API_TOKEN'];
+  const file = env['TANDEM_API_TOKEN_FILE'];
+  if (!token && file) token = readFileSync(file, 'utf8').trim();
+  return token ? { url, token } : { url };
 }

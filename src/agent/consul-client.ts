@@ -68,6 +68,7 @@ export interface HealthEntry {
   meta: Record<string, string>;
   /** Worst status among the instance's checks (node checks included). */
   status: 'passing' | 'warning' | 'critical';
+  checks: { checkId: string; name: string; status: 'passing' | 'warning' | 'critical'; notes: string; output: string }[];
 }
 
 export interface BlockingResult<T> {
@@ -359,7 +360,7 @@ function toHealthEntry(raw: unknown): HealthEntry {
   const e = raw as {
     Node: { Node: string; Address: string };
     Service: { ID: string; Service: string; Address: string; Port: number; Tags: string[] | null; Meta: Record<string, string> | null };
-    Checks: { Status: string }[] | null;
+    Checks: { CheckID: string; Name: string; Status: string; Notes?: string; Output?: string }[] | null;
   };
   let worst: CheckStatus = 'passing';
   for (const c of e.Checks ?? []) {
@@ -377,6 +378,7 @@ function toHealthEntry(raw: unknown): HealthEntry {
     tags: e.Service.Tags ?? [],
     meta: e.Service.Meta ?? {},
     status: worst,
+    checks: (e.Checks ?? []).map((c) => ({ checkId: c.CheckID, name: c.Name, status: asStatus(c.Status), notes: c.Notes ?? '', output: c.Output ?? '' })),
   };
 }
 

@@ -153,6 +153,36 @@ export class Registrar {
     return this.#entries.has(id);
   }
 
+  /** Ids of this host's app services (everything but the sidecar's own), with where they came from. */
+  appServices(): { id: string; source: Registration['source'] }[] {
+    return [...this.#entries.values()].filter((e) => e.source !== 'sidecar' && e.state !== 'draining').map((e) => ({ id: e.id, source: e.source }));
+  }
+
+  /** Maintenance on or off for these services, with a reason shown in the Consul UI. */
+  async setMaintenance(ids: readonly string[], enable: boolean, reason?: string): Promise<void> {
+    await Promise.all(ids.filter((id) => this.#entries.get(id)?.state === 'registered').map((id) => this.#o.consul.setMaintenance(id, enable, reason)));
+  }
+
+  /** Deregisters at once (the caller drained them already) and forgets them. */
+  async removeNow(ids: readonly string[]): Promise<void> {
+    for (const id of ids) {
+      const entry = this.#entries.get(id);
+      if (!entry || entry.source === 'sidecar') continue;
+      entry.state = 'draining';
+      await this.#serial(id, async () => {
+        try {
+          await this.#o.consul.deregisterService(id);
+        } catch (err) {
+          if (!(err instanceof ConsulUnavailableError)) throw err;
+          this.#orphans.add(id);
+        }
+        this.#entries.delete(id);
+        this.#o.logger.info({ service: id }, 'service deregistered (drained)');
+      });
+    }
+    await this.#persist();
+  }
+
   /** One anti-entropy pass: registers what is pending or what the agent lost; deregisters orphans. */
   sync(): Promise<void> {
     this.#syncing ??= this.#syncOnce().finally(() => {

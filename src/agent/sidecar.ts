@@ -11,6 +11,8 @@ import { routingRoutes } from './routing-routes.ts';
 import { CatalogWatcher } from './catalog-watcher.ts';
 import { EventBus } from './event-bus.ts';
 import { eventRoutes } from './event-routes.ts';
+import { DrainController } from './drain.ts';
+import { lineageRoutes } from './lineage-routes.ts';
 import { Balancer } from '../proxy/balancer.ts';
 import { Forwarder } from '../proxy/forwarder.ts';
 import { OutlierDetector } from '../proxy/outlier-detector.ts';
@@ -45,6 +47,7 @@ export class Sidecar {
   #forwarder: Forwarder | undefined;
   #proxy: ProxyServer | undefined;
   #bus: EventBus | undefined;
+  #drain: DrainController | undefined;
   #addresses: SidecarAddresses | undefined;
   #closing: Promise<void> | undefined;
 
@@ -141,6 +144,9 @@ export class Sidecar {
 
     const bus = new EventBus({ consul: this.#consul, logger: this.logger, retentionMs: c.events.retentionMs, waitMs: c.watch.waitMs });
     this.#bus = bus;
+    const drain = new DrainController({ consul: this.#consul, registrar, logger: this.logger, nodeName: c.node.name, waitMs: c.watch.waitMs, graceMs: c.registration.drainMs });
+    this.#drain = drain;
+    let sidecarIdNow = '';
 
     const api = new ControlApi({
       host: apiListen.host,
@@ -167,6 +173,17 @@ export class Sidecar {
           },
         }),
         eventRoutes(bus, c.events.maxPayloadBytes),
+        lineageRoutes({
+          consul: this.#consul,
+          registrar,
+          drain,
+          defaultDrainDeadlineMs: c.drain.deadlineMs,
+          logger: this.logger,
+          nodeName: c.node.name,
+          sidecarId: () => sidecarIdNow,
+          lockDelayMs: c.elections.lockDelayMs,
+          waitMs: c.watch.waitMs,
+        }),
       ],
     });
     const { port: proxyPort } = await proxy.start();
@@ -188,8 +205,10 @@ export class Sidecar {
     };
     this.#addresses = { api: httpUrl(apiListen.host, apiPort), proxy: httpUrl(proxyListen.host, proxyPort) };
     bus.start(sidecarId);
+    sidecarIdNow = sidecarId;
     await registrar.start(sidecarService);
     proxy.open();
+    drain.start();
     this.logger.info({ api: this.#addresses.api, proxy: this.#addresses.proxy, consul: this.#consul.address, node: c.node.name, version: TANDEM_VERSION }, 'tandem sidecar started');
     return this.#addresses;
   }
@@ -202,6 +221,7 @@ export class Sidecar {
       await this.#proxy?.close(this.config.shutdownTimeoutMs);
       await this.#registrar?.close();
       this.#bus?.close();
+      this.#drain?.close();
       await this.#api?.close();
       this.#table?.close();
       await this.#watcher?.close();

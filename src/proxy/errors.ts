@@ -33,6 +33,12 @@ export class PayloadTooLargeError extends TandemError {
   }
 }
 
+export class StartingError extends TandemError {
+  constructor() {
+    super('TANDEM_ERR_STARTING', 503, 'the sidecar is still starting (restoring its registrations)');
+  }
+}
+
 export class ForeignHostError extends TandemError {
   constructor(host: string) {
     super('TANDEM_ERR_FOREIGN_HOST', 403, `'${host}' is not a catalog service: Tandem only proxies to <service>.service.consul (it is not an open proxy)`);

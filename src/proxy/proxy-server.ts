@@ -7,7 +7,7 @@ import type { Endpoint } from './endpoint-source.ts';
 import type { EndpointSet, Subset } from './endpoint-set.ts';
 import {
   HeadersTooLargeError, InstanceNotFoundError, MethodNotAllowedError, NoHealthyInstanceError, TandemError,
-  TrailerNotSupportedError, UnknownServiceError, BadTimeoutError, PayloadTooLargeError, UpstreamFailedError, UpstreamTimeoutError, UrlTooLongError, BadTargetError,
+  TrailerNotSupportedError, UnknownServiceError, BadTimeoutError, PayloadTooLargeError, StartingError, UpstreamFailedError, UpstreamTimeoutError, UrlTooLongError, BadTargetError,
 } from './errors.ts';
 import type { AttemptResult, Forwarder, RequestBody } from './forwarder.ts';
 import { upstreamRequestHeaders } from './headers.ts';
@@ -87,6 +87,21 @@ export class ProxyServer {
     this.#markOpen();
   }
 
+  /** Waits (bounded) for open(): a sidecar that cannot finish starting answers 503 instead of hanging. */
+  async #waitOpen(): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await Promise.race([
+        this.#opened,
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new StartingError()), this.#o.requestTimeoutMs);
+        }),
+      ]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
   /** Stops accepting; lets in-flight requests finish for up to `graceMs`, then cuts the rest. */
   async close(graceMs = 5000): Promise<void> {
     const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
@@ -98,7 +113,7 @@ export class ProxyServer {
 
   async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     try {
-      if (!this.#open) await this.#opened;
+      if (!this.#open) await this.#waitOpen();
       const url = req.url ?? '/';
       if (url.length > this.#o.maxUrlBytes) throw new UrlTooLongError(this.#o.maxUrlBytes);
       if (req.headers.trailer !== undefined) throw new TrailerNotSupportedError();
@@ -236,7 +251,7 @@ export class ProxyServer {
   async #upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
     socket.on('error', () => socket.destroy());
     try {
-      if (!this.#open) await this.#opened;
+      if (!this.#open) await this.#waitOpen();
       const url = req.url ?? '/';
       if (url.length > this.#o.maxUrlBytes) throw new UrlTooLongError(this.#o.maxUrlBytes);
       const target = parseTarget(url, header(req, 'x-tandem-version'));

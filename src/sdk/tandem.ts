@@ -1,8 +1,9 @@
 // The SDK client: register, call, resolve and watch services through the local Tandem sidecar (Node built-ins only).
+import { EventEmitter } from 'node:events';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { TandemError } from './tandem-error.ts';
-import type { BroadcastEntry, TandemEvent, CheckSpec, ErrorBody, InstanceInfo, Registration, ResolvedInstance, ServiceSpec } from './wire.ts';
+import type { BroadcastEntry, Election, LeaderInfo, Member, TandemEvent, CheckSpec, ErrorBody, InstanceInfo, Registration, ResolvedInstance, ServiceSpec } from './wire.ts';
 
 /**
  * Options of a {@link Tandem} client.
@@ -120,12 +121,21 @@ function pathTarget(target: string): string {
  * const res = await tandem.request('users@^1', '/api/users/42'); // through the proxy, round-robin
  * ```
  */
-export class Tandem {
+export class Tandem extends EventEmitter {
   readonly url: string;
   #proxyUrl: string | undefined;
   #token: string | undefined;
 
+  /** Ids of the services this client registered (for ready-to-stop). */
+  #handles = new Set<string>();
+  #lifecycle: AbortController | undefined;
+
   constructor(opts: TandemOptions = {}) {
+    super();
+    // The drain lifecycle stream opens when the app first listens for it.
+    this.on('newListener', (name: string | symbol) => {
+      if ((name === 'drain' || name === 'undrain' || name === 'drained') && !this.#lifecycle) this.#openLifecycle();
+    });
     this.url = normalizeUrl(opts.url ?? process.env['TANDEM_API'] ?? DEFAULT_API);
     this.#proxyUrl = opts.proxyUrl === undefined ? undefined : normalizeUrl(opts.proxyUrl);
     this.#token = opts.token ?? process.env['TANDEM_API_TOKEN'];
@@ -161,6 +171,12 @@ export class Tandem {
     const check: CheckSpec = base.check ?? { kind: 'ttl', ttlMs };
     const body: ServiceSpec = { ...base, port, check };
     const registration = await this.#api<Registration>('POST', '/v1/services', body);
+    this.#handles.add(registration.id);
+    // The lifecycle stream names the services this app answers for: reopen it to add this one.
+    if (this.#lifecycle) {
+      this.#lifecycle.abort();
+      this.#openLifecycle();
+    }
     let heartbeat: NodeJS.Timeout | undefined;
     if (!base.check) {
       const beat = () => void this.#api('PUT', `/v1/services/${encodeURIComponent(registration.id)}/heartbeat`, {}).catch(() => undefined);
@@ -182,6 +198,7 @@ export class Tandem {
       close: () => {
         closing ??= (async () => {
           if (heartbeat) clearInterval(heartbeat);
+          this.#handles.delete(registration.id);
           process.removeListener('SIGTERM', onSignal);
           process.removeListener('SIGINT', onSignal);
           try {
@@ -403,12 +420,12 @@ export class Tandem {
   }
 
   /** Reads a server-sent event stream, reconnecting (with backoff) until `signal` aborts. */
-  #stream(path: () => string, onEvent: (event: string, data: string) => void, signal: AbortSignal, onError?: (err: TandemError) => void): void {
+  #stream(path: () => string, onEvent: (event: string, data: string) => void, signal: AbortSignal, onError?: (err: TandemError) => void, method = 'GET', onDisconnect?: () => void): void {
     void (async () => {
       let delay = 100;
       while (!signal.aborted) {
         try {
-          const res = await fetch(`${this.url}${path()}`, { headers: this.#headers(), signal });
+          const res = await fetch(`${this.url}${path()}`, { method, headers: this.#headers(), signal });
           if (!res.ok || !res.body) throw await toError(res);
           delay = 100;
           const decoder = new TextDecoder();
@@ -433,10 +450,151 @@ export class Tandem {
           onError?.(err instanceof TandemError ? err : this.#unreachable(err));
         }
         if (signal.aborted) return;
+        onDisconnect?.();
         await new Promise((r) => setTimeout(r, delay));
         delay = Math.min(delay * 2, 2000);
       }
     })();
+  }
+
+  /**
+   * Runs for leadership of `group` (node-discovery's master election), on behalf of one of this app's
+   * registered services: its health check is tied to the lock, so a crashed or hung app loses it.
+   * `onPromote` gets a fencing token that strictly increases from one leader to the next; `onDemote`
+   * comes before another contender can be promoted whenever this app is still reachable (and also when
+   * the sidecar connection is lost, since leadership can no longer be known).
+   *
+   * @example
+   * ```ts
+   * const svc = await tandem.register('scheduler@1.0.0', server);
+   * const election = tandem.elect('scheduler', { service: svc, onPromote: ({ token }) => start(token), onDemote: () => stop() });
+   * await election.resign();
+   * ```
+   */
+  elect(group: string, opts: { service: ServiceHandle | string; onPromote: (info: LeaderInfo) => void; onDemote: (reason: string) => void; onError?: (err: TandemError) => void }): Election {
+    const id = typeof opts.service === 'string' ? opts.service : opts.service.id;
+    const ctrl = new AbortController();
+    let leader = false;
+    const demote = (reason: string) => {
+      if (!leader) return;
+      leader = false;
+      opts.onDemote(reason);
+    };
+    this.#stream(
+      () => `/v1/leaders/${encodeURIComponent(group)}/campaign?serviceId=${encodeURIComponent(id)}`,
+      (event, data) => {
+        if (event === 'promoted' && !leader) {
+          leader = true;
+          opts.onPromote(JSON.parse(data) as LeaderInfo);
+        } else if (event === 'demoted') demote((JSON.parse(data) as { reason: string }).reason);
+        else if (event === 'error') opts.onError?.(new TandemError('TANDEM_ERR_ELECTION', 503, (JSON.parse(data) as { message: string }).message));
+      },
+      ctrl.signal,
+      opts.onError,
+      'POST',
+      () => demote('lost the connection to the sidecar'),
+    );
+    return {
+      get leader() {
+        return leader;
+      },
+      resign: async () => {
+        ctrl.abort();
+        demote('resigned');
+        // The sidecar resigns (releases the lock) when the stream closes; give it a moment to do so.
+        await new Promise((r) => setTimeout(r, 50));
+      },
+    };
+  }
+
+  /**
+   * The current leader of a group, or null.
+   *
+   * @example
+   * ```ts
+   * const who = await tandem.leader('scheduler');
+   * ```
+   */
+  async leader(group: string): Promise<LeaderInfo | null> {
+    return (await this.#api<{ leader: LeaderInfo | null }>('GET', `/v1/leaders/${encodeURIComponent(group)}`)).leader;
+  }
+
+  /**
+   * Every instance in the cluster with version, node, health and drain state (comrade's getMembers).
+   *
+   * @example
+   * ```ts
+   * const critical = await tandem.members({ service: 'users', health: 'critical' });
+   * ```
+   */
+  async members(filter: { service?: string; node?: string; health?: Member['health'] } = {}): Promise<Member[]> {
+    const q = new URLSearchParams();
+    for (const [k, v] of Object.entries(filter)) if (v !== undefined) q.set(k, v);
+    return this.#api<Member[]>('GET', `/v1/members${q.size ? `?${q}` : ''}`);
+  }
+
+  /**
+   * Tells the sidecar this app has finished its in-flight work after a `drain` event: its services are
+   * then deregistered without waiting for the drain deadline.
+   *
+   * @example
+   * ```ts
+   * tandem.on('drain', async ({ deadline }) => { await finishInFlight(deadline); await tandem.readyToStop(); });
+   * ```
+   */
+  async readyToStop(): Promise<void> {
+    await Promise.all([...this.#handles].map((id) => this.#api('POST', `/v1/services/${encodeURIComponent(id)}/ready-to-stop`)));
+  }
+
+  /**
+   * node-discovery's need/ready: emits `ready` once every target has a healthy instance in range, and
+   * `lost` (with the target) when one of them loses its last one. Returns the function that stops it.
+   *
+   * @example
+   * ```ts
+   * tandem.on('ready', () => startServing());
+   * tandem.on('lost', (target) => console.warn('lost', target));
+   * const stop = tandem.need(['users@^1', 'billing']);
+   * ```
+   */
+  need(targets: readonly string[]): () => void {
+    const counts = new Map<string, Set<string>>(targets.map((t) => [t, new Set<string>()]));
+    let ready = false;
+    const check = (changed: string) => {
+      const all = [...counts.values()].every((s) => s.size > 0);
+      if (all && !ready) {
+        ready = true;
+        this.emit('ready', [...targets]);
+      } else if (!all && ready && (counts.get(changed)?.size ?? 0) === 0) {
+        ready = false;
+        this.emit('lost', changed);
+      }
+    };
+    const stops = targets.map((t) =>
+      this.watch(t, (e) => {
+        const set = counts.get(t) as Set<string>;
+        if (e.type === 'added') set.add(e.instance.id);
+        else set.delete(e.instance.id);
+        check(t);
+      }),
+    );
+    return () => stops.forEach((s) => s());
+  }
+
+  #openLifecycle(): void {
+    this.#lifecycle = new AbortController();
+    this.#stream(
+      () => `/v1/lifecycle?services=${encodeURIComponent([...this.#handles].join(','))}`,
+      (event, data) => {
+        if (event === 'drain' || event === 'undrain' || event === 'drained') this.emit(event, JSON.parse(data));
+      },
+      this.#lifecycle.signal,
+    );
+  }
+
+  /** Stops the streams this client opened on its own (the drain lifecycle). */
+  close(): void {
+    this.#lifecycle?.abort();
   }
 
   /** The sidecar's proxy address (asked once from the sidecar unless given). */

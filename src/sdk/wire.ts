@@ -161,3 +161,56 @@ export interface TandemEvent {
   ts: number;
   payload: unknown;
 }
+
+/**
+ * A group's leader. `token` (the lock's Consul ModifyIndex) strictly increases from one leader to the
+ * next: pass it to storage as a fencing token.
+ *
+ * @example
+ * ```ts
+ * tandem.elect('jobs', { service: svc, onPromote: (l: LeaderInfo) => db.setFence(l.token), onDemote: stop });
+ * ```
+ */
+export interface LeaderInfo {
+  group: string;
+  serviceId: string;
+  node: string;
+  sidecar: string;
+  since: number;
+  token: number;
+}
+
+/**
+ * A campaign started by `elect()`.
+ *
+ * @example
+ * ```ts
+ * const e = tandem.elect('jobs', opts);
+ * if (e.leader) await e.resign();
+ * ```
+ */
+export interface Election {
+  readonly leader: boolean;
+  resign(): Promise<void>;
+}
+
+/**
+ * One instance in the cluster directory (`GET /v1/members`).
+ *
+ * @example
+ * ```ts
+ * for (const m of await tandem.members({ service: 'users' })) console.log(m.node, m.version, m.health);
+ * ```
+ */
+export interface Member {
+  service: string;
+  id: string;
+  version: string;
+  node: string;
+  address: string;
+  port: number;
+  health: 'passing' | 'warning' | 'critical' | 'maintenance';
+  /** The maintenance reason (a drain, say). */
+  reason?: string;
+  sidecar?: string;
+}

@@ -7,8 +7,19 @@ import { freePorts } from '../../src/agent/free-port.ts';
 import type { Sidecar } from '../../src/agent/sidecar.ts';
 import { Tandem, type TandemEvent } from '../../src/sdk/index.ts';
 import { eventually } from '../helpers/consul.ts';
-import { api, FAST, removeDir, spawnSidecar, startSidecar, tempDir, type ChildSidecar } from '../helpers/sidecar.ts';
+import { api, BIN, FAST, removeDir, spawnSidecar, startSidecar, tempDir, type ChildSidecar } from '../helpers/sidecar.ts';
+import { execFile } from 'node:child_process';
+
+function cli(node: string, args: string[], _opts: { encoding: 'utf8' }): Promise<{ status: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(node, args, { encoding: 'utf8', timeout: 30_000 }, (err, stdout, stderr) => resolve({ status: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr }));
+  });
+}
 import { startUpstream } from '../helpers/upstream.ts';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createServer } from 'node:http';
+import { fileURLToPath } from 'node:url';
+import { healthOf } from '../helpers/consul.ts';
 
 const consul = new ConsulDevAgent();
 const sidecars: { sidecar: Sidecar; api: string; stateDir: string }[] = [];
@@ -122,5 +133,159 @@ describe('broadcast', () => {
     assert.equal(slow.length, 1);
     assert.ok('error' in (slow[0] as object));
     assert.equal((slow[0] as { error: { code: string } }).error.code, 'TANDEM_ERR_UPSTREAM_TIMEOUT');
+  });
+});
+
+describe('leader election', () => {
+  test('three contenders: one leader; killing its process promotes another; fencing tokens increase', async (t) => {
+    const script = fileURLToPath(new URL('../helpers/contender.ts', import.meta.url));
+    interface Contender { child: ChildProcess; name: string; log: { kind: string; token?: number; at: number }[]; alive: boolean }
+    const contenders: Contender[] = [];
+    for (const [i, side] of [sidecars[0], sidecars[1], sidecars[0]].entries()) {
+      const child = spawn(process.execPath, ['--import', 'tsx', script, side?.api as string, 'jobs', `worker-${i}`], { stdio: ['ignore', 'pipe', 'inherit'] });
+      const c: Contender = { child, name: `worker-${i}`, log: [], alive: true };
+      cleanups.push(async () => child.kill('SIGKILL'));
+      let buf = '';
+      child.stdout?.on('data', (d: Buffer) => {
+        buf += d.toString();
+        let nl;
+        while ((nl = buf.indexOf('\n')) !== -1) {
+          const [kind, a1, a2] = buf.slice(0, nl).split(' ');
+          buf = buf.slice(nl + 1);
+          if (kind === 'PROMOTED') c.log.push({ kind, token: Number(a1), at: Number(a2) });
+          else if (kind === 'DEMOTED') c.log.push({ kind, at: Number(a1) });
+          else if (kind === 'READY') c.log.push({ kind, at: Date.now() });
+        }
+      });
+      contenders.push(c);
+    }
+    const leaders = () => contenders.filter((c) => c.alive && c.log.filter((l) => l.kind === 'PROMOTED').length > c.log.filter((l) => l.kind === 'DEMOTED').length);
+    await eventually(() => leaders().length === 1 || undefined, 'one leader', 20_000);
+    await sleep(1000);
+    assert.equal(leaders().length, 1, 'exactly one leader');
+    const first = leaders()[0] as Contender;
+    const info = await a.leader('jobs');
+    assert.ok(info);
+    assert.equal(info.token, first.log.find((l) => l.kind === 'PROMOTED')?.token);
+
+    const killedAt = Date.now();
+    first.child.kill('SIGKILL');
+    first.alive = false;
+    const second = await eventually(() => (leaders().length === 1 ? leaders()[0] : undefined), 'another leader', 30_000);
+    const promotedAt = second.log.filter((l) => l.kind === 'PROMOTED').at(-1)?.at ?? 0;
+    t.diagnostic(`leader process killed → next leader promoted after ${promotedAt - killedAt} ms`);
+    await sleep(1000);
+    assert.equal(leaders().length, 1);
+    // Never two promotions without a demotion in between, on any live contender.
+    for (const c of contenders.filter((x) => x.alive)) {
+      let leading = false;
+      for (const l of c.log) {
+        if (l.kind === 'PROMOTED') {
+          assert.equal(leading, false, `${c.name} promoted twice`);
+          leading = true;
+        } else if (l.kind === 'DEMOTED') leading = false;
+      }
+    }
+    const tokens = contenders.flatMap((c) => c.log.filter((l) => l.kind === 'PROMOTED').map((l) => ({ token: l.token as number, at: l.at }))).sort((x, y) => x.at - y.at);
+    for (let i = 1; i < tokens.length; i++) assert.ok((tokens[i]?.token ?? 0) > (tokens[i - 1]?.token ?? 0), 'fencing tokens strictly increase');
+    assert.equal((await a.leader('jobs'))?.token, tokens.at(-1)?.token);
+    for (const c of contenders) c.child.kill('SIGKILL');
+  });
+});
+
+describe('remote drain', () => {
+  test('a drained node leaves ?passing with the reason; in-flight work completes; the app hears it; undrain restores', async () => {
+    const app = new Tandem({ url: sidecars[1]?.api as string });
+    cleanups.push(async () => app.close());
+    let release: () => void = () => undefined;
+    const server = createServer((req, res) => {
+      if (req.url === '/slow') {
+        release = () => res.end('slow done');
+        return;
+      }
+      res.end('ok');
+    });
+    cleanups.push(async () => server.close());
+    const svc = await app.register('draining@1.0.0', server, { deregisterOnSignal: false });
+    const drains: { reason: string; deadline: number }[] = [];
+    app.on('drain', (d: { reason: string; deadline: number }) => drains.push(d));
+    let undrained = 0;
+    app.on('undrain', () => undrained++);
+    await a.waitFor('draining', { timeoutMs: 10_000 });
+    await sleep(300); // the lifecycle stream is open
+
+    const slow = fetch(`${sidecars[0]?.sidecar.addresses.proxy}/draining/slow`);
+    await eventually(() => release.name !== '' || undefined, 'slow request in flight', 5000);
+    const put = await api('PUT', `${sidecars[0]?.api}/v1/drain/host-b`, { reason: 'kernel upgrade', deadlineMs: 10_000 });
+    assert.equal(put.status, 200);
+    await eventually(async () => (await healthOf(consul, 'draining')).length === 0, 'left ?passing', 5000);
+    const rows = await healthOf(consul, 'draining', false);
+    const maint = rows[0]?.Checks.find((c) => c.CheckID.startsWith('_service_maintenance'));
+    assert.match((maint as { Notes?: string } | undefined)?.Notes ?? '', /kernel upgrade/);
+    await eventually(() => drains.length === 1 || undefined, 'drain event', 5000);
+    assert.equal(drains[0]?.reason, 'kernel upgrade');
+    assert.ok((drains[0]?.deadline ?? 0) > Date.now());
+    const members = await a.members({ service: 'draining' });
+    assert.equal(members[0]?.health, 'maintenance');
+    assert.match(members[0]?.reason ?? '', /kernel upgrade/);
+    release();
+    const done = await slow;
+    assert.equal(done.status, 200);
+    assert.equal(await done.text(), 'slow done');
+
+    assert.equal((await api('DELETE', `${sidecars[0]?.api}/v1/drain/host-b`)).status, 200);
+    await eventually(async () => (await healthOf(consul, 'draining')).length === 1, 'back in ?passing after undrain', 5000);
+    await eventually(() => undrained === 1 || undefined, 'undrain event', 5000);
+
+    // Drain again; the app says ready-to-stop: its service is deregistered before the deadline.
+    await api('PUT', `${sidecars[0]?.api}/v1/drain/host-b`, { reason: 'for real', deadlineMs: 60_000 });
+    await eventually(() => drains.length === 2 || undefined, 'second drain event', 5000);
+    await app.readyToStop();
+    await eventually(async () => (await healthOf(consul, 'draining', false)).length === 0, 'deregistered after ready-to-stop', 5000);
+    const state = (await api('GET', `${sidecars[0]?.api}/v1/drain/host-b`)).body as { state: string };
+    assert.equal(state.state, 'drained');
+    await api('DELETE', `${sidecars[0]?.api}/v1/drain/host-b`);
+    void svc;
+  });
+});
+
+describe('directory', () => {
+  test('members match the Consul catalog for a mixed healthy/critical setup; need/ready and lost', async () => {
+    const up = await startUpstream('dir', '2.1.0');
+    cleanups.push(() => up.close());
+    await api('POST', `${sidecars[0]?.api}/v1/services`, { name: 'dir', version: '2.1.0', port: up.port, check: { kind: 'http', path: '/health' } });
+    const dead = await api('POST', `${sidecars[1]?.api}/v1/services`, { name: 'dir', version: '2.0.0', port: 1, check: { kind: 'tcp' } });
+    assert.equal(dead.status, 201);
+    await eventually(async () => (await healthOf(consul, 'dir')).length === 1, 'one passing dir');
+    const members = await a.members({ service: 'dir' });
+    const catalog = await healthOf(consul, 'dir', false);
+    assert.deepEqual(
+      members.map((m) => [m.id, m.version, m.node, m.health]).sort(),
+      catalog.map((r) => [r.Service.ID, r.Service.Meta['version'], (r as unknown as { Node: { Node: string } }).Node.Node, r.Checks.every((c) => c.Status === 'passing') ? 'passing' : 'critical']).sort(),
+    );
+    assert.equal((await a.members({ service: 'dir', health: 'critical' })).length, 1);
+    // The CLI shows the same, as JSON and as a table (run asynchronously: the sidecar lives in this process).
+    const cliJson = await cli(process.execPath, [BIN, 'members', '--service', 'dir', '--json', '--api', sidecars[0]?.api as string], { encoding: 'utf8' });
+    assert.equal(cliJson.status, 0, cliJson.stderr);
+    assert.deepEqual(JSON.parse(cliJson.stdout), members);
+    const cliTable = await cli(process.execPath, [BIN, 'members', '--service', 'dir', '--critical', '--api', sidecars[0]?.api as string], { encoding: 'utf8' });
+    assert.equal(cliTable.status, 0, cliTable.stderr);
+    assert.match(cliTable.stdout, /^SERVICE\s+VERSION\s+ID\s+NODE\s+ADDRESS\s+HEALTH\n/);
+    assert.equal(cliTable.stdout.trim().split('\n').length, 2);
+    assert.match(cliTable.stdout, /dir\s+2\.0\.0\s+.*critical/);
+    const cliLeaders = await cli(process.execPath, [BIN, 'leaders', 'nobody-here', '--api', sidecars[0]?.api as string], { encoding: 'utf8' });
+    assert.equal(cliLeaders.stdout, 'nobody-here: no leader\n');
+    assert.equal((await a.members({ health: 'passing', node: (catalog[0] as unknown as { Node: { Node: string } }).Node.Node })).every((m) => m.health === 'passing'), true);
+
+    const events: string[] = [];
+    const watcher = new Tandem({ url: sidecars[1]?.api as string });
+    watcher.on('ready', () => events.push('ready'));
+    watcher.on('lost', (target: string) => events.push(`lost ${target}`));
+    const stop = watcher.need(['dir@^2']);
+    cleanups.push(async () => stop());
+    await eventually(() => events.includes('ready') || undefined, 'ready', 5000);
+    await up.close();
+    await eventually(() => events.includes('lost dir@^2') || undefined, 'lost', 10_000);
+    stop();
   });
 });
