@@ -47,12 +47,29 @@ function table(rows: string[][]): string {
   return rows.map((r) => r.map((c, i) => c.padEnd(widths[i] ?? 0)).join('  ').trimEnd()).join('\n');
 }
 
+interface StatusView {
+  version: string;
+  node: string;
+  consul: string;
+  consulReachable: boolean | null;
+  outage: boolean;
+  registrations: { id: string; name: string; version: string; source: string; state: string }[];
+  routing: {
+    service: string;
+    viewAgeMs: number | null;
+    stale: boolean;
+    ranges: { range: string; instances: number; healthy: number; stickyRingSize: number }[];
+    instances: { id: string; version: string; address: string; healthy: boolean; ejected: boolean; slowStart: boolean; flapping: boolean }[];
+  }[];
+}
+
 export const OPERATOR_USAGE = `Operator commands (they talk to a sidecar's control API: --api URL, else TANDEM_API, else http://127.0.0.1:7701):
   tandem drain <node> [--reason TEXT] [--deadline-ms N]   drain a host: maintenance, tell its apps, deregister
   tandem undrain <node>                                   cancel a drain that has not finished
   tandem leaders <group>                                  the current leader of an election group
   tandem members [--service S] [--node N] [--healthy|--critical] [--json]
                                                           every instance in the cluster with version, node, health
+  tandem status [--json]                                  this sidecar's routing table and registrations
 `;
 
 /** Runs one operator command; resolves with the exit code. */
@@ -97,6 +114,28 @@ export async function runOperator(command: string, args: readonly string[], out:
       const rows = (await call(url, token, 'GET', `/v1/members${q.size ? `?${q}` : ''}`)) as { service: string; id: string; version: string; node: string; address: string; port: number; health: string; reason?: string }[];
       if (p.flags.has('json')) out(`${JSON.stringify(rows, null, 2)}\n`);
       else out(`${table([['SERVICE', 'VERSION', 'ID', 'NODE', 'ADDRESS', 'HEALTH'], ...rows.map((r) => [r.service, r.version, r.id, r.node, `${r.address}:${r.port}`, r.reason ? `${r.health} (${r.reason})` : r.health])])}\n`);
+      return 0;
+    }
+    case 'status': {
+      const st = (await call(url, token, 'GET', '/v1/status')) as StatusView;
+      if (p.flags.has('json')) {
+        out(`${JSON.stringify(st, null, 2)}\n`);
+        return 0;
+      }
+      out(`tandem ${st.version} on ${st.node}; Consul ${st.consul} ${st.consulReachable === false ? 'UNREACHABLE' : 'reachable'}${st.outage ? ' (OUTAGE MODE: routing from the last good view)' : ''}\n\n`);
+      out('Registrations\n');
+      out(`${table([['ID', 'SERVICE', 'VERSION', 'SOURCE', 'STATE'], ...st.registrations.map((r) => [r.id, r.name, r.version, r.source, r.state])])}\n\nRouting table\n`);
+      const rows = [['SERVICE', 'RANGES (healthy/in range, ring)', 'INSTANCE', 'VERSION', 'HEALTH', 'VIEW AGE']];
+      for (const s of st.routing) {
+        const ranges = s.ranges.map((r) => `${r.range} ${r.healthy}/${r.instances}${r.stickyRingSize ? ` ring ${r.stickyRingSize}` : ''}`).join(', ') || '-';
+        const age = s.viewAgeMs === null ? '-' : `${(s.viewAgeMs / 1000).toFixed(1)}s${s.stale ? ' STALE' : ''}`;
+        if (s.instances.length === 0) rows.push([s.service, ranges, '(none)', '', '', age]);
+        for (const [i, e] of s.instances.entries()) {
+          const health = [e.healthy ? 'passing' : 'critical', e.ejected ? 'ejected' : '', e.slowStart ? 'slow-start' : '', e.flapping ? 'flapping' : ''].filter(Boolean).join(',');
+          rows.push([i === 0 ? s.service : '', i === 0 ? ranges : '', `${e.id} ${e.address}`, e.version, health, i === 0 ? age : '']);
+        }
+      }
+      out(`${table(rows)}\n`);
       return 0;
     }
     default:

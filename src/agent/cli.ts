@@ -48,7 +48,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     }
     return runStart(rest);
   }
-  if (['drain', 'undrain', 'leaders', 'members'].includes(command)) {
+  if (['drain', 'undrain', 'leaders', 'members', 'status'].includes(command)) {
     if (rest.includes('--help')) {
       process.stdout.write(OPERATOR_USAGE);
       return 0;

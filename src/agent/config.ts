@@ -69,7 +69,8 @@ export interface Config {
   elections: { lockDelayMs: number };
   drain: { deadlineMs: number };
   shutdownTimeoutMs: number;
-  log: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent' };
+  /** `access`: one log line per proxied request. */
+  log: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent'; access: boolean };
 }
 
 export type DeepReadonly<T> = T extends (infer U)[] ? readonly DeepReadonly<U>[] : T extends object ? { readonly [K in keyof T]: DeepReadonly<T[K]> } : T;
@@ -197,8 +198,8 @@ export const configSchema = {
     log: {
       type: 'object',
       additionalProperties: false,
-      required: ['level'],
-      properties: { level: { enum: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] } },
+      required: ['level', 'access'],
+      properties: { level: { enum: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] }, access: { type: 'boolean' } },
     },
   },
 } as const;
@@ -238,7 +239,7 @@ function defaults(): Config {
     elections: { lockDelayMs: 5000 },
     drain: { deadlineMs: 30_000 },
     shutdownTimeoutMs: 15_000,
-    log: { level: 'info' },
+    log: { level: 'info', access: false },
   };
 }
 
@@ -268,6 +269,7 @@ const ENV: readonly { name: string; path: string }[] = [
   { name: 'TANDEM_API', path: 'api.listen' },
   { name: 'TANDEM_STATE_DIR', path: 'stateDir' },
   { name: 'TANDEM_LOG_LEVEL', path: 'log.level' },
+  { name: 'TANDEM_ACCESS_LOG', path: 'log.access' },
   { name: 'TANDEM_API_TOKEN', path: 'api.token' },
   { name: 'TANDEM_API_TOKEN_FILE', path: 'api.tokenFile' },
 ];
@@ -380,7 +382,10 @@ export function loadConfig(opts: LoadOptions): FrozenConfig {
   const envLayer: JsonObject = {};
   for (const { name, path } of ENV) {
     const v = env[name];
-    if (v !== undefined && v !== '') setPath(envLayer, path, name === 'CONSUL_HTTP_ADDR' ? normalizeConsulAddress(v) : v);
+    if (v === undefined || v === '') continue;
+    if (name === 'CONSUL_HTTP_ADDR') setPath(envLayer, path, normalizeConsulAddress(v));
+    else if (name === 'TANDEM_ACCESS_LOG') setPath(envLayer, path, v === 'true' || v === '1' ? true : v === 'false' || v === '0' ? false : v);
+    else setPath(envLayer, path, v);
   }
   const fallbacks = env['TANDEM_CONSUL_FALLBACK_ADDRS'];
   if (fallbacks) setPath(envLayer, 'consul.fallbackAddresses', fallbacks.split(',').map((a) => normalizeConsulAddress(a.trim())).filter(Boolean));

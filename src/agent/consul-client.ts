@@ -121,6 +121,8 @@ export function consulDuration(ms: number): string {
 
 export class ConsulClient {
   readonly address: string;
+  /** Told about every failed call (for metrics), with a short operation name. */
+  onError: ((operation: string) => void) | undefined;
   #raw: RawConsul;
   /** Local agent first, then the fallbacks; reads stay on the last one that answered. */
   #readers: { address: string; raw: RawConsul }[];
@@ -351,7 +353,9 @@ export class ConsulClient {
     try {
       return await fn();
     } catch (err) {
-      throw mapError(action, err);
+      const mapped = mapError(action, err);
+      if (!(err as { isAbort?: boolean }).isAbort) this.onError?.(action.split(' ')[0] ?? 'call');
+      throw mapped;
     }
   }
 }

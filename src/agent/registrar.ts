@@ -149,6 +149,11 @@ export class Registrar {
     return [...this.#entries.values()].map((e) => this.#view(e, checks));
   }
 
+  /** Every registration as it stands, without asking Consul (for status and metrics). */
+  snapshot(): { id: string; name: string; version: string; source: Registration['source']; state: Entry['state'] }[] {
+    return [...this.#entries.values()].map((e) => ({ id: e.id, name: e.spec.name, version: e.spec.version, source: e.source, state: e.state }));
+  }
+
   has(id: string): boolean {
     return this.#entries.has(id);
   }

@@ -13,6 +13,8 @@ import { EventBus } from './event-bus.ts';
 import { eventRoutes } from './event-routes.ts';
 import { DrainController } from './drain.ts';
 import { lineageRoutes } from './lineage-routes.ts';
+import { Metrics } from './metrics.ts';
+import { statusRoutes } from './status-routes.ts';
 import { Balancer } from '../proxy/balancer.ts';
 import { Forwarder } from '../proxy/forwarder.ts';
 import { OutlierDetector } from '../proxy/outlier-detector.ts';
@@ -120,6 +122,15 @@ export class Sidecar {
     const balancer = new Balancer(outliers, health);
     const ranges = new RangeCache();
     const proxyListen = parseListen(c.proxy.listen);
+    const metrics = new Metrics(
+      {
+        watches: () => watcher.stats(),
+        registrations: () => registrar.snapshot(),
+        outage: () => watcher.outage,
+      },
+      c.log.access ? this.logger.child({ component: 'access' }) : undefined,
+    );
+    this.#consul.onError = (operation) => metrics.consulErrors.labels(operation).inc();
     const proxy = new ProxyServer({
       host: proxyListen.host,
       port: proxyListen.port,
@@ -139,6 +150,7 @@ export class Sidecar {
       retryBudget: new RetryBudget({ ...c.proxy.retryBudget }),
       broadcastTimeoutMs: c.proxy.broadcastTimeoutMs,
       broadcastMaxBodyBytes: c.proxy.broadcastMaxBodyBytes,
+      observer: metrics,
     });
     this.#proxy = proxy;
 
@@ -173,6 +185,22 @@ export class Sidecar {
           },
         }),
         eventRoutes(bus, c.events.maxPayloadBytes),
+        statusRoutes({
+          metrics,
+          table,
+          outliers,
+          health,
+          registrar,
+          watches: (service) => watcher.stats(service)[0],
+          info: () => ({
+            version: TANDEM_VERSION,
+            node: c.node.name,
+            consul: this.#consul.address,
+            consulReachable: registrar.consulReachable ?? null,
+            outage: watcher.outage,
+            addresses: this.#addresses ?? null,
+          }),
+        }),
         lineageRoutes({
           consul: this.#consul,
           registrar,

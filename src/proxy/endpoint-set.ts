@@ -20,6 +20,11 @@ export class Subset {
     this.byId = new Map(members.map((e) => [e.id, e]));
   }
 
+  /** Instances on the sticky ring (0 until a sticky request built it). */
+  get ringSize(): number {
+    return this.#ring ? this.members.length : 0;
+  }
+
   /** The consistent-hash ring over `members`, built on first sticky use and then reused. */
   ring(): HashRing {
     // An explicit 40 vnodes per server: hashring's default rounds to 39 for some set sizes (7, 14, 28),
@@ -65,6 +70,11 @@ export class EndpointSet {
         return new EndpointSet(this.service, this.all.filter((e) => !gone.has(e.id)));
       }
     }
+  }
+
+  /** The ranges requested since this set was built, with their subsets (for the status view). */
+  subsets(): [string, Subset][] {
+    return [...this.#subsets.entries()];
   }
 
   /** The subset for a range (`key` is the range as requested; '' = no range). Cached for this set's life. */

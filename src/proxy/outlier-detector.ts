@@ -32,8 +32,8 @@ export class OutlierDetector {
     this.options = options;
   }
 
-  /** The one feedback path from the forwarder. */
-  report(endpoint: Endpoint, outcome: Outcome, now = Date.now()): void {
+  /** The one feedback path from the forwarder. True when this report ejected the instance. */
+  report(endpoint: Endpoint, outcome: Outcome, now = Date.now()): boolean {
     let s = this.#states.get(endpoint.id);
     if (outcome === 'success') {
       if (s) {
@@ -41,7 +41,7 @@ export class OutlierDetector {
         // A success after the ejection ran out means it recovered: the next ejection starts short again.
         if (s.ejectedUntil <= now) this.#states.delete(endpoint.id);
       }
-      return;
+      return false;
     }
     if (!s) {
       s = { failures: 0, ejections: 0, ejectedUntil: 0 };
@@ -53,7 +53,9 @@ export class OutlierDetector {
       s.ejections++;
       s.ejectedUntil = now + ms;
       s.failures = 0;
+      return true;
     }
+    return false;
   }
 
   isEjected(id: string, now = Date.now()): boolean {

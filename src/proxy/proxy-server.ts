@@ -16,6 +16,8 @@ import type { RangeCache } from './range-cache.ts';
 import type { RetryBudget } from './retry-budget.ts';
 import type { RoutingTable } from './routing-table.ts';
 import { parseTarget, type Target } from './target.ts';
+import { randomUUID } from 'node:crypto';
+import { NO_OBSERVER, type ProxyObserver, type RequestOutcome } from './proxy-observer.ts';
 
 export interface ProxyServerOptions {
   host: string;
@@ -41,6 +43,16 @@ export interface ProxyServerOptions {
   /** Per-instance timeout of a broadcast when the caller sends no X-Tandem-Timeout-Ms. */
   broadcastTimeoutMs: number;
   broadcastMaxBodyBytes: number;
+  observer?: ProxyObserver;
+}
+
+/** What one request did, filled in as it goes and handed to the observer at the end. */
+interface Trace {
+  service: string;
+  tries: number;
+  instance: string | undefined;
+  outcome: RequestOutcome;
+  requestId: string;
 }
 
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE']);
@@ -49,6 +61,7 @@ export class ProxyServer {
   #o: ProxyServerOptions;
   #server: Server;
   #retryStatuses: ReadonlySet<number>;
+  #observer: ProxyObserver;
   #open = false;
   #markOpen!: () => void;
   #opened = new Promise<void>((resolve) => (this.#markOpen = resolve));
@@ -56,6 +69,7 @@ export class ProxyServer {
   constructor(opts: ProxyServerOptions) {
     this.#o = opts;
     this.#retryStatuses = new Set(opts.retryStatuses);
+    this.#observer = opts.observer ?? NO_OBSERVER;
     this.#server = createServer({ maxHeaderSize: opts.maxHeaderBytes, keepAliveTimeout: 5000, requestTimeout: 0 }, (req, res) => void this.#handle(req, res));
     this.#server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
       const e = err.code === 'HPE_HEADER_OVERFLOW' ? new HeadersTooLargeError() : new BadTargetError('malformed HTTP request');
@@ -112,6 +126,9 @@ export class ProxyServer {
   }
 
   async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const started = performance.now();
+    // A request id for logs and upstream (`x-request-id`), created when the caller sent none.
+    const trace: Trace = { service: '', tries: 0, instance: undefined, outcome: 'success', requestId: header(req, 'x-request-id') ?? randomUUID() };
     try {
       if (!this.#open) await this.#waitOpen();
       const url = req.url ?? '/';
@@ -121,15 +138,31 @@ export class ProxyServer {
       const range = target.range === '' ? null : this.#o.ranges.get(target.range);
       const set = this.#o.table.current(target.service) ?? (await this.#o.table.get(target.service));
       if (set.all.length === 0) throw new UnknownServiceError(target.service);
+      // Only catalog services become metric labels: label values stay bounded.
+      trace.service = target.service;
       const subset = set.subset(target.range, range);
       if (header(req, 'x-tandem-broadcast') !== undefined) await this.#broadcast(req, res, target, set, subset);
-      else await this.#forward(req, res, target, set, subset);
+      else await this.#forward(req, res, target, set, subset, trace);
     } catch (err) {
-      this.#sendError(res, err);
+      const e = toTandemError(err);
+      trace.outcome = e instanceof UpstreamTimeoutError ? 'timeout' : e.statusCode < 500 ? 'rejected' : 'failed';
+      this.#sendError(res, e);
+    } finally {
+      this.#observer.request({
+        service: trace.service,
+        method: req.method ?? '',
+        path: req.url ?? '',
+        status: res.statusCode,
+        outcome: trace.outcome,
+        tries: trace.tries,
+        instance: trace.instance,
+        durationMs: performance.now() - started,
+        requestId: trace.requestId,
+      });
     }
   }
 
-  async #forward(req: IncomingMessage, res: ServerResponse, target: Target, set: EndpointSet, subset: Subset): Promise<void> {
+  async #forward(req: IncomingMessage, res: ServerResponse, target: Target, set: EndpointSet, subset: Subset, trace: Trace): Promise<void> {
     const method = req.method ?? 'GET';
     const pin = header(req, 'x-tandem-instance');
     const stickyId = header(req, 'x-stickyid');
@@ -142,6 +175,7 @@ export class ProxyServer {
     const replayable = body.kind !== 'stream';
     const safeAfterReach = replayable && (IDEMPOTENT.has(method) || req.headers['idempotency-key'] !== undefined);
     const headers = upstreamRequestHeaders(req.rawHeaders, req.headers, req.socket.remoteAddress);
+    if (req.headers['x-request-id'] === undefined) headers.push('x-request-id', trace.requestId);
     const maxTries = 1 + this.#o.retries;
     const tried = new Set<string>();
     const service = target.service;
@@ -157,8 +191,10 @@ export class ProxyServer {
       }
       if (attempt > 0 && !this.#o.retryBudget.tryRetry(service)) {
         stoppedBy = 'retry budget exhausted';
+        this.#observer.retryBudgetExhausted(service);
         break;
       }
+      if (attempt > 0) this.#observer.retry(service);
       const picked = pin !== undefined ? this.#pinned(set, subset, pin, tried) : this.#o.balancer.pick(subset, { stickyId, exclude: tried });
       if (!picked) {
         if (attempt === 0) throw new NoHealthyInstanceError(service, target.range || undefined, set.versions, set.healthyVersions);
@@ -166,6 +202,8 @@ export class ProxyServer {
       }
       const { endpoint } = picked;
       tried.add(endpoint.id);
+      trace.tries = attempt + 1;
+      trace.instance = endpoint.id;
       const mayRetryStatus = safeAfterReach && attempt + 1 < maxTries && this.#o.retryBudget.hasRoom(service);
       const result = await this.#o.forwarder.attempt(req, res, {
         endpoint,
@@ -177,14 +215,22 @@ export class ProxyServer {
         retryStatuses: mayRetryStatus ? this.#retryStatuses : undefined,
         extraHeaders: extraHeaders(endpoint, picked),
       });
-      if (result.kind === 'aborted') return; // the client left: nobody to answer, nothing to blame
-      if (result.kind === 'done') {
-        this.#o.outliers.report(endpoint, this.#retryStatuses.has(result.status) ? 'failure' : 'success');
+      if (result.kind === 'aborted') {
+        trace.outcome = 'aborted'; // the client left: nobody to answer, nothing to blame
         return;
       }
-      if (res.destroyed) return; // the client left meanwhile: nobody to answer
+      if (result.kind === 'done') {
+        const failed = this.#retryStatuses.has(result.status);
+        this.#report(endpoint, failed ? 'failure' : 'success');
+        trace.outcome = result.status >= 500 ? 'failed' : attempt > 0 ? 'retried' : 'success';
+        return;
+      }
+      if (res.destroyed) {
+        trace.outcome = 'aborted'; // the client left meanwhile: nobody to answer
+        return;
+      }
       // A try cut by the caller's own deadline says nothing about the instance.
-      if (!(result.timeout && Date.now() >= deadline)) this.#o.outliers.report(endpoint, 'failure');
+      if (!(result.timeout && Date.now() >= deadline)) this.#report(endpoint, 'failure');
       last = result;
       const retryable = (result.unsent && replayable) || safeAfterReach;
       if (!retryable) break;
@@ -220,10 +266,10 @@ export class ProxyServer {
           maxBodyBytes: this.#o.broadcastMaxBodyBytes,
         });
         if ('error' in r) {
-          this.#o.outliers.report(e, 'failure');
+          this.#report(e, 'failure');
           return { instance: e.id, version: e.version, error: r.error };
         }
-        this.#o.outliers.report(e, 'success');
+        this.#report(e, 'success');
         const type = String(r.headers['content-type'] ?? '');
         let parsed: unknown = r.body.toString('utf8');
         if (/[/+]json\b/.test(type)) {
@@ -239,6 +285,11 @@ export class ProxyServer {
     const out = JSON.stringify(entries);
     res.writeHead(200, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(out), 'x-tandem-broadcast': String(entries.length) });
     res.end(out);
+  }
+
+  /** The one feedback path: outcome → outlier detector (and the observer when it ejects). */
+  #report(endpoint: Endpoint, outcome: 'success' | 'failure'): void {
+    if (this.#o.outliers.report(endpoint, outcome)) this.#observer.ejection(endpoint.service, endpoint.id);
   }
 
   #pinned(set: EndpointSet, subset: Subset, id: string, tried: ReadonlySet<string>): Picked | undefined {
@@ -267,10 +318,10 @@ export class ProxyServer {
       try {
         up = await this.#o.forwarder.upgrade(picked.endpoint, target.path, headers, header(req, 'upgrade') ?? 'websocket');
       } catch (err) {
-        this.#o.outliers.report(picked.endpoint, 'failure');
+        this.#report(picked.endpoint, 'failure');
         throw new UpstreamFailedError(target.service, 1, (err as { code?: string }).code ?? (err as Error).message, { cause: err });
       }
-      this.#o.outliers.report(picked.endpoint, 'success');
+      this.#report(picked.endpoint, 'success');
       const lines = ['HTTP/1.1 101 Switching Protocols', 'connection: Upgrade', `upgrade: ${header(req, 'upgrade') ?? 'websocket'}`];
       for (const [k, v] of Object.entries(up.headers)) {
         if (k === 'connection' || k === 'upgrade' || v === undefined) continue;
@@ -290,9 +341,8 @@ export class ProxyServer {
   }
 
   /** The one place a proxy error becomes a response. */
-  #sendError(res: ServerResponse, err: unknown): void {
-    const e = toTandemError(err);
-    if (e.statusCode >= 500 && e.code === 'TANDEM_ERR_INTERNAL') this.#o.logger.error({ err: { message: (err as Error).message } }, 'proxy internal error');
+  #sendError(res: ServerResponse, e: TandemError): void {
+    if (e.code === 'TANDEM_ERR_INTERNAL') this.#o.logger.error({ err: { message: e.cause instanceof Error ? e.cause.message : String(e.cause) } }, 'proxy internal error');
     if (res.headersSent || res.destroyed) {
       res.destroy();
       return;
