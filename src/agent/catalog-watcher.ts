@@ -15,6 +15,8 @@ export interface CatalogWatcherOptions {
   waitMs: number;
   /** Cap of the jittered exponential backoff after errors. */
   maxBackoffMs: number;
+  /** Why answers may be filtered (ACL denial), from whoever knows (the registrar). */
+  problem?: () => string | undefined;
   /**
    * An empty answer right after an outage or an index reset (an agent that came back empty) does not
    * replace a non-empty view for this long: the instances' sidecars are re-registering them.
@@ -197,6 +199,10 @@ export class CatalogWatcher implements EndpointSource {
       return undefined;
     });
     if (stored && typeof stored === 'object') for (const [k, v] of Object.entries(stored as Record<string, PersistedView>)) this.#saved.set(k, v);
+  }
+
+  problem(): string | undefined {
+    return this.#o.problem?.();
   }
 
   get outage(): boolean {

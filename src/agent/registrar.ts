@@ -3,7 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import type { Registration, ServiceSpec } from '../sdk/wire.ts';
 import type { ConsulClient, LocalCheck } from './consul-client.ts';
-import { ConsulUnavailableError, errSummary, NotTtlCheckError, ProtectedServiceError, ServiceNotFoundError, ShuttingDownError } from './errors.ts';
+import { ConsulPermissionError, ConsulUnavailableError, errSummary, NotTtlCheckError, ProtectedServiceError, ServiceNotFoundError, ShuttingDownError } from './errors.ts';
 import { effectiveCheck, serviceId, toConsulDefinition } from './service-definition.ts';
 import type { StateStore } from './state-store.ts';
 
@@ -57,6 +57,7 @@ export class Registrar {
   #agentAddress: string | undefined;
   #closing = false;
   #sidecarId = '';
+  #permission: string | undefined;
 
   constructor(opts: RegistrarOptions) {
     this.#o = opts;
@@ -64,6 +65,11 @@ export class Registrar {
 
   get consulReachable(): boolean | undefined {
     return this.#consulUp;
+  }
+
+  /** Set while Consul refuses the sidecar's ACL token (its own registration gets 403). */
+  get permissionProblem(): string | undefined {
+    return this.#permission;
   }
 
   /** Loads config and persisted registrations, adds the sidecar's own `tandem` service, and syncs. */
@@ -241,9 +247,17 @@ export class Registrar {
           await this.#registerInConsul(entry);
           entry.state = 'registered';
           entry.restore = true;
+          if (entry.source === 'sidecar' && this.#permission) {
+            this.#permission = undefined;
+            this.#o.logger.info('Consul accepts the ACL token again');
+          }
           this.#o.logger.info({ service: entry.id }, wasPending ? 'pending registration registered' : 're-registered a service the Consul agent had lost');
         } catch (err) {
           entry.state = 'pending';
+          if (err instanceof ConsulPermissionError && entry.source === 'sidecar') {
+            if (!this.#permission) this.#o.logger.error({ err: errSummary(err) }, 'Consul refuses the sidecar ACL token: registrations fail and reads may come back filtered (empty)');
+            this.#permission = 'Consul refuses the sidecar ACL token (403): set CONSUL_HTTP_TOKEN or CONSUL_HTTP_TOKEN_FILE to a token with the Tandem policy';
+          }
           if (err instanceof ConsulUnavailableError) this.#markDown(err);
           else this.#o.logger.error({ service: entry.id, err: errSummary(err) }, 'Consul refuses this registration; retrying');
         }

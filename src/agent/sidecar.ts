@@ -94,7 +94,14 @@ export class Sidecar {
     });
     this.#registrar = registrar;
     // Data path: Consul watch → updates → routing table → balancer → forwarder; failures feed the outlier detector.
-    const watcher = new CatalogWatcher({ consul: this.#consul, logger: this.logger, store: this.#store, waitMs: c.watch.waitMs, maxBackoffMs: c.watch.maxBackoffMs });
+    const watcher = new CatalogWatcher({
+      consul: this.#consul,
+      logger: this.logger,
+      store: this.#store,
+      waitMs: c.watch.waitMs,
+      maxBackoffMs: c.watch.maxBackoffMs,
+      problem: () => registrar.permissionProblem,
+    });
     this.#watcher = watcher;
     await watcher.start();
     const outliers = new OutlierDetector({ ...c.proxy.ejection });
@@ -167,7 +174,7 @@ export class Sidecar {
       version: TANDEM_VERSION,
       registrar,
       status: () => ({
-        consul: registrar.consulReachable === undefined ? 'unknown' : registrar.consulReachable ? 'up' : 'down',
+        consul: registrar.permissionProblem ? 'forbidden' : registrar.consulReachable === undefined ? 'unknown' : registrar.consulReachable ? 'up' : 'down',
         outage: watcher.outage,
         proxy: this.#addresses?.proxy ?? '',
       }),

@@ -34,4 +34,9 @@ export interface EndpointSource {
    * soon as the source has a first answer (at once when it already has one).
    */
   subscribe(service: string, onUpdate: (update: Update) => void): Subscription;
+  /**
+   * Why answers may be incomplete right now (e.g. Consul refuses the sidecar's ACL token, and Consul
+   * then filters reads to empty lists instead of failing), or undefined.
+   */
+  problem?(): string | undefined;
 }

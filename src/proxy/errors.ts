@@ -75,6 +75,12 @@ export class UnknownServiceError extends TandemError {
   }
 }
 
+export class CatalogForbiddenError extends TandemError {
+  constructor(service: string, problem: string) {
+    super('TANDEM_ERR_CONSUL_PERMISSION_DENIED', 503, `cannot tell whether '${service}' exists: ${problem} (Consul answers reads it does not allow with empty lists)`);
+  }
+}
+
 export class NoHealthyInstanceError extends TandemError {
   constructor(service: string, range: string | undefined, versions: readonly string[], healthyVersions: readonly string[]) {
     const want = range ? ` in range '${range}'` : '';

@@ -7,7 +7,7 @@ import type { Endpoint } from './endpoint-source.ts';
 import type { EndpointSet, Subset } from './endpoint-set.ts';
 import {
   HeadersTooLargeError, InstanceNotFoundError, MethodNotAllowedError, NoHealthyInstanceError, TandemError,
-  TrailerNotSupportedError, UnknownServiceError, BadTimeoutError, PayloadTooLargeError, StartingError, UpstreamFailedError, UpstreamTimeoutError, UrlTooLongError, BadTargetError,
+  TrailerNotSupportedError, UnknownServiceError, BadTimeoutError, PayloadTooLargeError, StartingError, CatalogForbiddenError, UpstreamFailedError, UpstreamTimeoutError, UrlTooLongError, BadTargetError,
 } from './errors.ts';
 import type { AttemptResult, Forwarder, RequestBody } from './forwarder.ts';
 import { upstreamRequestHeaders } from './headers.ts';
@@ -137,7 +137,7 @@ export class ProxyServer {
       const target = parseTarget(url, header(req, 'x-tandem-version'));
       const range = target.range === '' ? null : this.#o.ranges.get(target.range);
       const set = this.#o.table.current(target.service) ?? (await this.#o.table.get(target.service));
-      if (set.all.length === 0) throw new UnknownServiceError(target.service);
+      if (set.all.length === 0) throw this.#unknown(target.service);
       // Only catalog services become metric labels: label values stay bounded.
       trace.service = target.service;
       const subset = set.subset(target.range, range);
@@ -287,6 +287,12 @@ export class ProxyServer {
     res.end(out);
   }
 
+  /** An empty answer is "no such service", unless the catalog says its answers are filtered (ACL). */
+  #unknown(service: string): TandemError {
+    const problem = this.#o.table.problem();
+    return problem ? new CatalogForbiddenError(service, problem) : new UnknownServiceError(service);
+  }
+
   /** The one feedback path: outcome → outlier detector (and the observer when it ejects). */
   #report(endpoint: Endpoint, outcome: 'success' | 'failure'): void {
     if (this.#o.outliers.report(endpoint, outcome)) this.#observer.ejection(endpoint.service, endpoint.id);
@@ -308,7 +314,7 @@ export class ProxyServer {
       const target = parseTarget(url, header(req, 'x-tandem-version'));
       const range = target.range === '' ? null : this.#o.ranges.get(target.range);
       const set = this.#o.table.current(target.service) ?? (await this.#o.table.get(target.service));
-      if (set.all.length === 0) throw new UnknownServiceError(target.service);
+      if (set.all.length === 0) throw this.#unknown(target.service);
       const subset = set.subset(target.range, range);
       const pin = header(req, 'x-tandem-instance');
       const picked = pin !== undefined ? this.#pinned(set, subset, pin, new Set()) : this.#o.balancer.pick(subset, { stickyId: header(req, 'x-stickyid') });

@@ -51,6 +51,11 @@ export class RoutingTable {
     this.#services.clear();
   }
 
+  /** Why the source's answers may be incomplete (ACL denial), if it knows. */
+  problem(): string | undefined {
+    return this.#o.source.problem?.();
+  }
+
   /** The current set, without waiting; undefined until the first answer. */
   current(service: string): EndpointSet | undefined {
     const w = this.#services.get(service);

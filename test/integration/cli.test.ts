@@ -82,6 +82,27 @@ describe('tandem CLI', () => {
     assert.ok(!listed.some((r) => r.id.startsWith('secret-')), 'a refused registration is not kept');
     const services = await fetch(`${acl.address}/v1/agent/services`, { headers: { 'x-consul-token': 'root-token' } });
     assert.deepEqual(Object.keys((await services.json()) as object), []);
+    // Reads are filtered to empty lists under default deny: the proxy says why instead of "unknown service".
+    await eventually(async () => ((await (await fetch(`${base}/v1/health`)).json()) as { consul: string }).consul === 'forbidden', 'health says forbidden', 10_000);
+    const routed = await fetch(`${sidecar.addresses.proxy}/secret/x`);
+    assert.equal(routed.status, 503);
+    assert.equal(routed.headers.get('x-tandem-error'), 'TANDEM_ERR_CONSUL_PERMISSION_DENIED');
+    assert.match(((await routed.json()) as { message: string }).message, /ACL token/);
     await sidecar.close();
+
+    // With the documented minimal policy's token, everything works.
+    const root = { 'x-consul-token': 'root-token', 'content-type': 'application/json' };
+    const rules = ['service_prefix "" { policy = "write" }', 'node_prefix "" { policy = "read" }', 'agent_prefix "" { policy = "read" }', 'key_prefix "tandem/" { policy = "write" }', 'session_prefix "" { policy = "write" }', 'event_prefix "" { policy = "write" }'].join('\n');
+    const policy = await fetch(`${acl.address}/v1/acl/policy`, { method: 'PUT', headers: root, body: JSON.stringify({ Name: 'tandem', Rules: rules }) });
+    assert.equal(policy.status, 200, await policy.clone().text());
+    const token = (await (await fetch(`${acl.address}/v1/acl/token`, { method: 'PUT', headers: root, body: JSON.stringify({ Description: 'tandem sidecar', Policies: [{ Name: 'tandem' }] }) })).json()) as { SecretID: string };
+    const good = await startSidecar(acl.address, { args: ['--set', `consul.token=${token.SecretID}`] });
+    cleanups.push(() => good.sidecar.close(), () => removeDir(good.stateDir));
+    assert.equal((await api('POST', `${good.api}/v1/services`, { name: 'secret', version: '1.0.0', port: svc.port, check: { kind: 'http', path: '/health' } })).status, 201);
+    await eventually(async () => (await fetch(`${good.sidecar.addresses.proxy}/secret/x`)).status === 200, 'routed with the policy token', 10_000);
+    assert.equal(((await (await fetch(`${good.api}/v1/health`)).json()) as { consul: string }).consul, 'up');
+    const pub = await fetch(`${good.api}/v1/events/acl-check`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"ok":true}' });
+    assert.equal(pub.status, 201, 'KV writes under tandem/ are allowed');
+    await good.sidecar.close();
   });
 });
