@@ -18,7 +18,7 @@ export interface ControlApiOptions {
   logger: Logger;
   version: string;
   /** Health details for the sidecar's own check: keep it tiny, Consul shows it verbatim. */
-  status: () => { consul: 'up' | 'down' | 'unknown' | 'forbidden'; outage: boolean; proxy: string };
+  status: () => { consul: 'up' | 'down' | 'unknown' | 'forbidden'; outage: boolean; watched: number; proxy: string };
   /** When set, every route but `GET /v1/health` needs `Authorization: Bearer <token>`. */
   token?: string | undefined;
   plugins?: readonly RoutePlugin[];

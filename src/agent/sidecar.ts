@@ -176,6 +176,7 @@ export class Sidecar {
       status: () => ({
         consul: registrar.permissionProblem ? 'forbidden' : registrar.consulReachable === undefined ? 'unknown' : registrar.consulReachable ? 'up' : 'down',
         outage: watcher.outage,
+        watched: watcher.stats().length,
         proxy: this.#addresses?.proxy ?? '',
       }),
       token: c.api.token,
