@@ -115,7 +115,7 @@ export class ConsulCluster {
     const args = [
       'agent', '-node', n.name, '-bind', n.ip, '-advertise', n.ip, '-client', n.ip,
       '-data-dir', `${this.#dir}/${n.name}`, '-http-port', String(port), '-dns-port', '-1', '-grpc-port', '-1',
-      '-log-level', 'warn', '-hcl', 'performance { raft_multiplier = 1 }', '-hcl', 'disable_update_check = true',
+      '-log-level', 'warn', '-hcl', 'performance { raft_multiplier = 1 }', '-hcl', 'disable_update_check = true', '-retry-interval', '1s',
       ...join,
       ...(n.server ? ['-server', '-bootstrap-expect', String(this.servers.length), '-ui'] : []),
     ];
