@@ -5,7 +5,7 @@ import type { ServiceSpec } from '../sdk/wire.ts';
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { InvalidRequestError, InvalidServiceError, MalformedJsonError, RouteNotFoundError, TandemError, UnauthorizedError } from './errors.ts';
 import type { Registrar } from './registrar.ts';
-import { ajv, formatErrors, serviceSpecSchema } from './schemas.ts';
+import { ajv, formatErrors, serviceSpecRef } from './schemas.ts';
 import type { ErrorObject } from 'ajv';
 
 /** Extra route groups (the routing view, later features) plug in here without the API knowing them. */
@@ -90,7 +90,7 @@ export class ControlApi {
 
     app.get('/v1/services', { schema: {} }, async () => registrar.list());
 
-    app.post<{ Body: ServiceSpec }>('/v1/services', { schema: { body: serviceSpecSchema }, config: { bodyKind: 'service' } }, async (req, reply) => {
+    app.post<{ Body: ServiceSpec }>('/v1/services', { schema: { body: serviceSpecRef }, config: { bodyKind: 'service' } }, async (req, reply) => {
       const { registration, pending } = await registrar.register(req.body);
       return reply.code(pending ? 202 : 201).send({ ...registration, pending });
     });

@@ -101,3 +101,12 @@ export function formatErrors(errors: readonly ErrorObject[] | null | undefined, 
 export function compile(schema: object): ValidateFunction {
   return ajv.compile(schema);
 }
+
+/**
+ * The service spec is compiled once and shared by reference (config file and control API both use
+ * `serviceSpecRef`): compiling it costs more than a quarter of a second, which a restarting sidecar
+ * must not pay twice.
+ */
+export const SERVICE_SPEC_ID = 'tandem:service-spec';
+ajv.addSchema({ $id: SERVICE_SPEC_ID, ...serviceSpecSchema });
+export const serviceSpecRef = { $ref: SERVICE_SPEC_ID } as const;
