@@ -41,6 +41,17 @@ export class ControlApi {
       // Request logs are info-level: a warn-level child keeps them out (access logs belong to the proxy).
       loggerInstance: opts.logger.child({ component: 'control-api' }, { level: 'warn' }) as FastifyBaseLogger,
       forceCloseConnections: true,
+      // URL and parameter errors fastify raises before routing go through the same error mapping.
+      frameworkErrors: (err, _req, reply) => {
+        const e =
+          err.code === 'FST_ERR_MAX_PARAM_LENGTH'
+            ? new TandemError('TANDEM_ERR_URL_TOO_LONG', 414, 'a path parameter is too long')
+            : new InvalidRequestError(err.code === 'FST_ERR_BAD_URL' ? 'the URL is not valid (bad percent-encoding?)' : err.message);
+        // fastify types this reply generically: send the body as JSON text through the raw response.
+        reply.hijack();
+        reply.raw.writeHead(e.statusCode, { 'content-type': 'application/json; charset=utf-8', 'x-tandem-error': e.code });
+        reply.raw.end(JSON.stringify(e.toBody()));
+      },
       return503OnClosing: true,
       bodyLimit: 256 * 1024,
     });

@@ -95,7 +95,9 @@ export function formatErrors(errors: readonly ErrorObject[] | null | undefined, 
         out.push(`${path}: ${e.message ?? 'is invalid'}${e.data !== undefined && typeof e.data !== 'object' ? ` (got ${JSON.stringify(e.data)})` : ''}`);
     }
   }
-  return [...new Set(out)];
+  // A body with thousands of bad items must not get a megabyte-sized message back.
+  const lines = [...new Set(out)];
+  return lines.length > 20 ? [...lines.slice(0, 20), `… and ${lines.length - 20} more problems`] : lines;
 }
 
 export function compile(schema: object): ValidateFunction {

@@ -3,6 +3,8 @@ import HashRing from 'hashring';
 import type semver from 'semver';
 import type { Endpoint, Update } from './endpoint-source.ts';
 
+const MAX_CACHED_SUBSETS = 256;
+
 /** The instances of one set whose version is in one range. Built once per set and range. */
 export class Subset {
   /** In range, any health; sticky rings are built over these so an unhealthy owner shows as "moved". */
@@ -82,7 +84,8 @@ export class EndpointSet {
     let s = this.#subsets.get(key);
     if (!s) {
       s = new Subset(range ? this.all.filter((e) => e.semver !== null && range.test(e.semver)) : this.all);
-      this.#subsets.set(key, s);
+      // Bounded: a client inventing endless distinct ranges gets uncached subsets, not unbounded memory.
+      if (this.#subsets.size < MAX_CACHED_SUBSETS) this.#subsets.set(key, s);
     }
     return s;
   }

@@ -39,6 +39,12 @@ export class StartingError extends TandemError {
   }
 }
 
+export class ExpectationFailedError extends TandemError {
+  constructor() {
+    super('TANDEM_ERR_EXPECTATION_FAILED', 417, 'only Expect: 100-continue is supported');
+  }
+}
+
 export class ForeignHostError extends TandemError {
   constructor(host: string) {
     super('TANDEM_ERR_FOREIGN_HOST', 403, `'${host}' is not a catalog service: Tandem only proxies to <service>.service.consul (it is not an open proxy)`);

@@ -7,7 +7,7 @@ import type { Endpoint } from './endpoint-source.ts';
 import type { EndpointSet, Subset } from './endpoint-set.ts';
 import {
   HeadersTooLargeError, InstanceNotFoundError, MethodNotAllowedError, NoHealthyInstanceError, TandemError,
-  TrailerNotSupportedError, UnknownServiceError, BadTimeoutError, PayloadTooLargeError, StartingError, CatalogForbiddenError, UpstreamFailedError, UpstreamTimeoutError, UrlTooLongError, BadTargetError,
+  TrailerNotSupportedError, UnknownServiceError, BadTimeoutError, PayloadTooLargeError, StartingError, CatalogForbiddenError, ExpectationFailedError, UpstreamFailedError, UpstreamTimeoutError, UrlTooLongError, BadTargetError,
 } from './errors.ts';
 import type { AttemptResult, Forwarder, RequestBody } from './forwarder.ts';
 import { upstreamRequestHeaders } from './headers.ts';
@@ -70,14 +70,36 @@ export class ProxyServer {
     this.#o = opts;
     this.#retryStatuses = new Set(opts.retryStatuses);
     this.#observer = opts.observer ?? NO_OBSERVER;
-    this.#server = createServer({ maxHeaderSize: opts.maxHeaderBytes, keepAliveTimeout: 5000, requestTimeout: 0 }, (req, res) => void this.#handle(req, res));
+    // requestTimeout bounds how long a request's head and body may take to arrive (slow senders).
+    this.#server = createServer({ maxHeaderSize: opts.maxHeaderBytes, keepAliveTimeout: 5000, requestTimeout: 300_000 }, (req, res) => void this.#handle(req, res));
     this.#server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
+      // A response already in progress on this connection must not get an error written into it.
+      if (err.code === 'ECONNRESET' || (socket as { _httpMessage?: unknown })._httpMessage) {
+        socket.destroy();
+        return;
+      }
       const e = err.code === 'HPE_HEADER_OVERFLOW' ? new HeadersTooLargeError() : new BadTargetError('malformed HTTP request');
       writeRawError(socket, e);
     });
     // CONNECT would make us a tunnel to anywhere: refused.
-    this.#server.on('connect', (req: IncomingMessage, socket: Duplex) => writeRawError(socket, new MethodNotAllowedError(req.method ?? 'CONNECT')));
-    this.#server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => void this.#upgrade(req, socket, head));
+    this.#server.on('connect', (req: IncomingMessage, socket: Duplex) => {
+      this.#track(socket);
+      writeRawError(socket, new MethodNotAllowedError(req.method ?? 'CONNECT'));
+    });
+    this.#server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+      this.#track(socket);
+      void this.#upgrade(req, socket, head);
+    });
+    // Any Expect but 100-continue: answered in our error shape, not Node's bare 417.
+    this.#server.on('checkExpectation', (_req: IncomingMessage, res: ServerResponse) => this.#sendError(res, new ExpectationFailedError()));
+  }
+
+  /** Sockets taken out of Node's HTTP handling (upgrades, CONNECT): closed by us on shutdown. */
+  #detached = new Set<Duplex>();
+
+  #track(socket: Duplex): void {
+    this.#detached.add(socket);
+    socket.once('close', () => this.#detached.delete(socket));
   }
 
   async start(): Promise<{ host: string; port: number }> {
@@ -120,7 +142,11 @@ export class ProxyServer {
   async close(graceMs = 5000): Promise<void> {
     const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
     this.#server.closeIdleConnections();
-    const timer = setTimeout(() => this.#server.closeAllConnections(), graceMs);
+    // closeAllConnections() does not reach upgraded sockets: they are ours to destroy.
+    const timer = setTimeout(() => {
+      this.#server.closeAllConnections();
+      for (const s of this.#detached) s.destroy();
+    }, graceMs);
     await closed;
     clearTimeout(timer);
   }
@@ -144,6 +170,12 @@ export class ProxyServer {
       if (header(req, 'x-tandem-broadcast') !== undefined) await this.#broadcast(req, res, target, set, subset);
       else await this.#forward(req, res, target, set, subset, trace);
     } catch (err) {
+      if (req.destroyed || res.destroyed) {
+        // The client left (mid-upload, say): nobody to answer, nothing to log as an error.
+        trace.outcome = 'aborted';
+        res.destroy();
+        return;
+      }
       const e = toTandemError(err);
       trace.outcome = e instanceof UpstreamTimeoutError ? 'timeout' : e.statusCode < 500 ? 'rejected' : 'failed';
       this.#sendError(res, e);
@@ -390,13 +422,17 @@ async function readBody(req: IncomingMessage, limit: number): Promise<RequestBod
   return { kind: 'buffer', data: Buffer.concat(chunks) };
 }
 
+/** Answers on a raw socket (parser errors, CONNECT, failed upgrades) and closes it for good. */
 function writeRawError(socket: Duplex, e: TandemError): void {
   if (!socket.writable) {
     socket.destroy();
     return;
   }
   const body = JSON.stringify(e.toBody());
+  // Destroy once written: waiting for the client's FIN on a paused socket would hold it open forever.
   socket.end(
     `HTTP/1.1 ${e.statusCode} ${STATUS_CODES[e.statusCode] ?? 'Error'}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\nx-tandem-error: ${e.code}\r\nconnection: close\r\n\r\n${body}`,
+    () => socket.destroy(),
   );
+  setTimeout(() => socket.destroy(), 5000).unref();
 }

@@ -25,7 +25,10 @@ export function parseTarget(url: string, versionHeader: string | undefined): Tar
   throw new BadTargetError(`cannot route '${url.slice(0, 100)}': use /<service>[@<range>]/<path> or http://<service>.service.consul/<path>`);
 }
 
-function parsePathForm(url: string, versionHeader: string | undefined): Target {
+function parsePathForm(raw: string, versionHeader: string | undefined): Target {
+  // A fragment is never sent upstream (and must not hide a `..` from the check below).
+  const hash = raw.indexOf('#');
+  const url = hash === -1 ? raw : raw.slice(0, hash);
   let end = url.indexOf('/', 1);
   const q = url.indexOf('?');
   if (end === -1 || (q !== -1 && q < end)) end = q === -1 ? url.length : q;

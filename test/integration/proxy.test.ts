@@ -413,6 +413,9 @@ describe('proxy: hostile input', () => {
       ['CONNECT', `CONNECT ${consulHostPort} HTTP/1.1\r\nHost: ${consulHostPort}\r\n\r\n`, /^HTTP\/1\.1 405[\s\S]*TANDEM_ERR_METHOD_NOT_ALLOWED/],
       ['long URL', `GET /safe/${'a'.repeat(9000)} HTTP/1.1\r\nHost: x\r\n\r\n`, /^HTTP\/1\.1 414/],
       ['garbage', 'NOT HTTP AT ALL\r\n\r\n', /^HTTP\/1\.1 400/],
+      ['dot-dot before a fragment', 'GET /safe/..#x HTTP/1.1\r\nHost: x\r\n\r\n', /^HTTP\/1\.1 400[\s\S]*TANDEM_ERR_BAD_PATH/],
+      ['unknown Expect', 'GET /safe/x HTTP/1.1\r\nHost: x\r\nExpect: something-else\r\n\r\n', /^HTTP\/1\.1 417[\s\S]*TANDEM_ERR_EXPECTATION_FAILED/],
+      ['failed upgrade', 'GET /safe/x HTTP/1.1\r\nHost: x\r\nUpgrade: tls/1.0\r\nConnection: upgrade\r\n\r\n', /^HTTP\/1\.1 502[\s\S]*TANDEM_ERR_UPSTREAM_FAILED/],
     ];
     for (const [what, text, want] of cases) {
       const out = await raw(text);
@@ -420,5 +423,31 @@ describe('proxy: hostile input', () => {
       assert.ok(!out.includes('"v1/agent/self"') && !out.includes('"Config"'), `${what}: Consul's API must not be reachable through the proxy`);
       assert.equal((await get('/safe/ok')).status, 200, `still serving after ${what}`);
     }
+    // Failed upgrades from clients that never close: the proxy closes those sockets itself (no fd leak).
+    const { port: proxyPort, hostname } = new URL(proxy);
+    const answers: string[] = [];
+    const closedByServer = await Promise.all(
+      Array.from({ length: 50 }, () =>
+        new Promise<boolean>((resolve) => {
+          const sock = connect(Number(proxyPort), hostname);
+          const timer = setTimeout(() => {
+            sock.destroy();
+            resolve(false);
+          }, 5000);
+          sock.on('close', () => {
+            clearTimeout(timer);
+            resolve(true);
+          });
+          sock.on('error', () => undefined);
+          sock.on('data', (d: Buffer) => answers.push(d.toString('latin1').split('\r\n')[0] ?? ''));
+          sock.write('GET /safe/x HTTP/1.1\r\nHost: x\r\nUpgrade: tls/1.0\r\nConnection: upgrade\r\n\r\nmore bytes');
+        }),
+      ),
+    );
+    assert.equal(closedByServer.filter(Boolean).length, 50, `every failed-upgrade socket closed by the proxy (answers: ${JSON.stringify([...new Set(answers)])}, ${answers.length})`);
+    // The control API maps fastify's own URL errors into the same error shape.
+    const badUrl = await api('GET', `${base}/v1/instances/%zz`);
+    assert.equal(badUrl.status, 400);
+    assert.equal(badUrl.headers.get('x-tandem-error'), 'TANDEM_ERR_INVALID_REQUEST');
   });
 });

@@ -352,3 +352,12 @@ test('forget drops the state of instances', () => {
   for (let i = 0; i < 3; i++) detector.report(a, 'failure', 2000);
   assert.equal(detector.view('a', 2000).ejectedUntil, 3000, 'the back-off starts over');
 });
+
+test('subsets cached per set are bounded (endless distinct ranges do not grow memory)', async () => {
+  const { RangeCache } = await import('../../src/proxy/range-cache.ts');
+  const ranges = new RangeCache();
+  const set = new EndpointSet('users', ['a', 'b'].map((id) => ep(id)));
+  for (let i = 1; i < 2000; i++) set.subset(`>=1.0.0 <${i}.0.0`, ranges.get(`>=1.0.0 <${i}.0.0`));
+  assert.ok(set.subsets().length <= 256);
+  assert.equal(set.subset('>=1.0.0 <1999.0.0', ranges.get('>=1.0.0 <1999.0.0')).members.length, 2, 'uncached subsets are still right');
+});

@@ -138,3 +138,9 @@ test('errors carry their HTTP status', () => {
     assert.throws(() => parseTarget(url, undefined), (err: unknown) => err instanceof TandemError && err.statusCode === status);
   }
 });
+
+test('a fragment is dropped and cannot hide a .. segment', () => {
+  assert.equal(parseTarget('/users/a/b#frag', undefined).path, '/a/b');
+  refused('/users/..#x', 'TANDEM_ERR_BAD_PATH');
+  refused('/users/x/..#', 'TANDEM_ERR_BAD_PATH');
+});
