@@ -3,6 +3,7 @@ import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstanc
 import type { Logger } from 'pino';
 import type { ServiceSpec } from '../sdk/wire.ts';
 import { createHash, timingSafeEqual } from 'node:crypto';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import { InvalidRequestError, InvalidServiceError, MalformedJsonError, RouteNotFoundError, TandemError, UnauthorizedError } from './errors.ts';
 import type { Registrar } from './registrar.ts';
 import { ajv, formatErrors, serviceSpecRef } from './schemas.ts';
@@ -54,6 +55,27 @@ export class ControlApi {
       },
       return503OnClosing: true,
       bodyLimit: 256 * 1024,
+      // Parser errors: answered in our error shape, and never written into a response in progress
+      // (an event stream, say) or after a response that closes the connection.
+      clientErrorHandler: (err: NodeJS.ErrnoException, socket) => {
+        if (err.code === 'ECONNRESET' || !socket.writable || (socket as { _httpMessage?: unknown })._httpMessage) {
+          socket.destroy();
+          return;
+        }
+        const e = err.code === 'HPE_HEADER_OVERFLOW' ? new TandemError('TANDEM_ERR_HEADERS_TOO_LARGE', 431, 'the request headers are too large') : new InvalidRequestError('malformed HTTP request');
+        const body = JSON.stringify(e.toBody());
+        socket.end(
+          `HTTP/1.1 ${e.statusCode} ${e.toBody().error}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\nx-tandem-error: ${e.code}\r\nconnection: close\r\n\r\n${body}`,
+          () => socket.destroy(),
+        );
+      },
+    });
+    // Any Expect but 100-continue: our error shape, not Node's bare 417.
+    this.#app.server.on('checkExpectation', (_req: IncomingMessage, res: ServerResponse) => {
+      const e = new TandemError('TANDEM_ERR_EXPECTATION_FAILED', 417, 'only Expect: 100-continue is supported');
+      const body = JSON.stringify(e.toBody());
+      res.writeHead(417, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body), 'x-tandem-error': e.code });
+      res.end(body);
     });
     this.#app.setValidatorCompiler(({ schema }) => ajv.compile(schema));
     this.#app.setErrorHandler((err, req, reply) => {
