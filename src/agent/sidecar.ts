@@ -249,19 +249,36 @@ export class Sidecar {
     return this.#addresses;
   }
 
+  /** Runs one shutdown step, giving up (with a log line naming it) after `ms`. */
+  async #step(name: string, fn: () => Promise<void> | undefined, ms: number): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    const gaveUp = new Promise<'timeout'>((resolve) => {
+      timer = setTimeout(() => resolve('timeout'), ms);
+    });
+    try {
+      const r = await Promise.race([Promise.resolve(fn()).catch((err: unknown) => this.logger.warn({ step: name, err: { message: (err as Error).message } }, 'shutdown step failed')), gaveUp]);
+      if (r === 'timeout') this.logger.error({ step: name, ms }, 'shutdown step did not finish in time; going on');
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
   /** Ordered shutdown: stop taking API calls, deregister everything (with drain), release Consul. Idempotent. */
   close(): Promise<void> {
     this.#closing ??= (async () => {
       // Stop proxying first (in-flight requests finish; local apps are stopping too), then drain and
-      // deregister this host's services, then the API and the watches.
-      await this.#proxy?.close(this.config.shutdownTimeoutMs);
-      await this.#registrar?.close();
+      // deregister this host's services, then the API and the watches. Every step is bounded, so a
+      // stuck connection or Consul call can delay the exit but never keep the process alive.
+      // Half of shutdownTimeoutMs for in-flight proxied requests, half (plus the drain) for Consul.
+      const half = Math.floor(this.config.shutdownTimeoutMs / 2);
+      await this.#step('proxy', () => this.#proxy?.close(half), half + 1000);
+      await this.#step('registrations', () => this.#registrar?.close(), half + this.config.registration.drainMs);
       this.#bus?.close();
       this.#drain?.close();
-      await this.#api?.close();
+      await this.#step('control API', () => this.#api?.close(), 2000);
       this.#table?.close();
-      await this.#watcher?.close();
-      await this.#forwarder?.close();
+      await this.#step('watches', () => this.#watcher?.close(), 2000);
+      await this.#step('upstream pools', () => this.#forwarder?.close(), 2000);
       this.#consul.close();
       this.logger.info('tandem sidecar stopped');
       this.logger.flush();
