@@ -1,20 +1,19 @@
-// Benchmark upstreams: plain node:http servers on 127.0.0.1 answering a fixed ~100-byte body (run as a child of bench/run.ts).
+// Benchmark upstreams: plain node:http servers on 127.0.0.1 answering fixed bodies (run as a child of the benchmarks).
 import { createServer, type Server } from 'node:http';
+import { BODY_BYTES, BODY_PATHS, benchBody, type BodySize } from './bodies.ts';
 
 // Usage: node --import tsx bench/upstream.ts <port> [<port> ...]
+// GET /1k answers 1,024 bytes, /64k 65,536 bytes, any other path the ~100-byte body.
 // Prints "ready" once every server listens; exits when stdin closes (the parent went away) or on SIGTERM/SIGINT.
 
-function body(name: string): Buffer {
-  const head = `{"service":"bench","instance":"${name}","pad":"`;
-  const tail = '"}\n';
-  return Buffer.from(head + 'x'.repeat(Math.max(0, 100 - head.length - tail.length)) + tail);
-}
-
 async function listen(port: number, name: string): Promise<Server> {
-  const payload = body(name);
+  const payloads = new Map<string, Buffer>();
+  for (const [size, path] of Object.entries(BODY_PATHS) as [BodySize, string][]) payloads.set(path, Buffer.from(benchBody(name, BODY_BYTES[size])));
+  const small = payloads.get('/') as Buffer;
   const server = createServer((req, res) => {
     // Drain any request body, then answer the same bytes every time.
     req.resume();
+    const payload = payloads.get(req.url ?? '/') ?? small;
     res.writeHead(200, { 'content-type': 'application/json', 'content-length': payload.length });
     res.end(payload);
   });
