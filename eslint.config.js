@@ -17,7 +17,8 @@ export default tseslint.config(
     },
   },
   {
-    files: ['src/agent/config.ts', 'test/**', 'bench/**', 'examples/**', 'src/sdk/**', 'src/agent/cli.ts'],
+    // The SDK reads TANDEM_API / TANDEM_API_TOKEN (it runs inside apps, not in the sidecar).
+    files: ['src/agent/config.ts', 'test/**', 'bench/**', 'examples/**', 'src/sdk/**'],
     rules: { 'no-restricted-properties': 'off' },
   },
 );
