@@ -27,7 +27,7 @@ import { Pool } from 'undici';
 import { ConsulDevAgent } from '../src/agent/consul-dev-agent.ts';
 import { freePorts } from '../src/agent/free-port.ts';
 import {
-  ROOT, alive, build, checkInterrupted, cleanup, cpuSeconds, establishedTo, flagEnv, getJson, installSignalHandlers, intEnv, isRecord, log, pidListeningOn, putJson,
+  ROOT, alive, build, checkInterrupted, isInterrupted, cleanup, cpuSeconds, establishedTo, flagEnv, getJson, installSignalHandlers, intEnv, isRecord, log, pidListeningOn, putJson,
   rssMb, setLogPrefix, setupPinning, sleep, startNodeUpstreams, startSidecar, stopProc, type Proc, type Sidecar,
 } from './common.ts';
 import { percentile } from './load.ts';
@@ -439,6 +439,6 @@ main().then(
   },
   (err: unknown) => {
     process.stderr.write(`[scale] failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
-    process.exitCode = 1;
+    process.exitCode = isInterrupted() ? 130 : 1;
   },
 );

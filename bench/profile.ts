@@ -19,7 +19,7 @@ import { join } from 'node:path';
 import { ConsulDevAgent } from '../src/agent/consul-dev-agent.ts';
 import { freePorts } from '../src/agent/free-port.ts';
 import {
-  ROOT, alive, build, checkInterrupted, cleanup, ensureTool, flagEnv, getJson, installSignalHandlers, intEnv, isRecord, log, nginxInfo, setLogPrefix, setupPinning, sleep,
+  ROOT, alive, build, checkInterrupted, isInterrupted, cleanup, ensureTool, flagEnv, getJson, installSignalHandlers, intEnv, isRecord, log, nginxInfo, setLogPrefix, setupPinning, sleep,
   startBareProxy, startNginxUpstreams, startNodeUpstreams, startSidecar, stopProc, type Proc, type Sidecar,
 } from './common.ts';
 import { autocannonGenerator, wrkGenerator, type LoadGenerator, type LoadResult, type LoadSpec } from './load.ts';
@@ -397,6 +397,6 @@ main().then(
   },
   (err: unknown) => {
     process.stderr.write(`[profile] failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
-    process.exitCode = 1;
+    process.exitCode = isInterrupted() ? 130 : 1;
   },
 );

@@ -26,7 +26,7 @@ import { join } from 'node:path';
 import { ConsulDevAgent } from '../src/agent/consul-dev-agent.ts';
 import { freePorts } from '../src/agent/free-port.ts';
 import {
-  BODY_BYTES, BODY_PATHS, ROOT, alive, build, checkInterrupted, cleanup, cpuSeconds, ensureTool, establishedTo, flagEnv, getJson, installSignalHandlers, intEnv,
+  BODY_BYTES, BODY_PATHS, ROOT, alive, build, checkInterrupted, isInterrupted, cleanup, cpuSeconds, ensureTool, establishedTo, flagEnv, getJson, installSignalHandlers, intEnv,
   coreBusySeconds, isRecord, log, nginxInfo, processTree, putJson, rssMb, setupPinning, sleep, startBareProxy, startNginxProxy, startNginxUpstreams, startNodeUpstreams, startSidecar, stopProc,
   type BodySize, type NginxInfo, type Pinning, type Proc, type Sidecar,
 } from './common.ts';
@@ -723,6 +723,6 @@ main().then(
   },
   (err: unknown) => {
     process.stderr.write(`[bench] failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
-    process.exitCode = 1;
+    process.exitCode = isInterrupted() ? 130 : 1;
   },
 );
