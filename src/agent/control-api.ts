@@ -1,6 +1,8 @@
 // The control API (fastify): registration routes and health, with every error turned into a response here.
 import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
+import { ExpectationFailedError } from '../proxy/errors.ts';
+import { answerClientError } from '../proxy/raw-errors.ts';
 import type { ServiceSpec } from '../sdk/wire.ts';
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
@@ -58,21 +60,13 @@ export class ControlApi {
       // Parser errors: answered in our error shape, and never written into a response in progress
       // (an event stream, say) or after a response that closes the connection.
       clientErrorHandler: (err: NodeJS.ErrnoException, socket) => {
-        if (err.code === 'ECONNRESET' || !socket.writable || (socket as { _httpMessage?: unknown })._httpMessage) {
-          socket.destroy();
-          return;
-        }
-        const e = err.code === 'HPE_HEADER_OVERFLOW' ? new TandemError('TANDEM_ERR_HEADERS_TOO_LARGE', 431, 'the request headers are too large') : new InvalidRequestError('malformed HTTP request');
-        const body = JSON.stringify(e.toBody());
-        socket.end(
-          `HTTP/1.1 ${e.statusCode} ${e.toBody().error}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\nx-tandem-error: ${e.code}\r\nconnection: close\r\n\r\n${body}`,
-          () => socket.destroy(),
-        );
+        if (!socket.writable) socket.destroy();
+        else answerClientError(err, socket, () => new InvalidRequestError('malformed HTTP request'));
       },
     });
     // Any Expect but 100-continue: our error shape, not Node's bare 417.
     this.#app.server.on('checkExpectation', (_req: IncomingMessage, res: ServerResponse) => {
-      const e = new TandemError('TANDEM_ERR_EXPECTATION_FAILED', 417, 'only Expect: 100-continue is supported');
+      const e = new ExpectationFailedError();
       const body = JSON.stringify(e.toBody());
       res.writeHead(417, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body), 'x-tandem-error': e.code });
       res.end(body);

@@ -1,12 +1,12 @@
 // The proxy listener (plain node:http): addressing, picking, failover, and the one place errors become responses.
-import { createServer, STATUS_CODES, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import type { Balancer, Picked } from './balancer.ts';
 import type { Endpoint } from './endpoint-source.ts';
 import type { EndpointSet, Subset } from './endpoint-set.ts';
 import {
-  HeadersTooLargeError, InstanceNotFoundError, MethodNotAllowedError, NoHealthyInstanceError, TandemError,
+  InstanceNotFoundError, MethodNotAllowedError, NoHealthyInstanceError, TandemError,
   TrailerNotSupportedError, UnknownServiceError, BadTimeoutError, PayloadTooLargeError, StartingError, CatalogForbiddenError, ExpectationFailedError, UpstreamFailedError, UpstreamTimeoutError, UrlTooLongError, BadTargetError,
 } from './errors.ts';
 import type { AttemptResult, Forwarder, RequestBody } from './forwarder.ts';
@@ -16,6 +16,7 @@ import type { RangeCache } from './range-cache.ts';
 import type { RetryBudget } from './retry-budget.ts';
 import type { RoutingTable } from './routing-table.ts';
 import { parseTarget, type Target } from './target.ts';
+import { answerClientError, writeRawError } from './raw-errors.ts';
 import { randomUUID } from 'node:crypto';
 import { NO_OBSERVER, type ProxyObserver, type RequestOutcome } from './proxy-observer.ts';
 
@@ -72,15 +73,7 @@ export class ProxyServer {
     this.#observer = opts.observer ?? NO_OBSERVER;
     // requestTimeout bounds how long a request's head and body may take to arrive (slow senders).
     this.#server = createServer({ maxHeaderSize: opts.maxHeaderBytes, keepAliveTimeout: 5000, requestTimeout: 300_000 }, (req, res) => void this.#handle(req, res));
-    this.#server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
-      // A response already in progress on this connection must not get an error written into it.
-      if (err.code === 'ECONNRESET' || (socket as { _httpMessage?: unknown })._httpMessage) {
-        socket.destroy();
-        return;
-      }
-      const e = err.code === 'HPE_HEADER_OVERFLOW' ? new HeadersTooLargeError() : new BadTargetError('malformed HTTP request');
-      writeRawError(socket, e);
-    });
+    this.#server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => answerClientError(err, socket, () => new BadTargetError('malformed HTTP request')));
     // CONNECT would make us a tunnel to anywhere: refused.
     this.#server.on('connect', (req: IncomingMessage, socket: Duplex) => {
       this.#track(socket);
@@ -420,19 +413,4 @@ async function readBody(req: IncomingMessage, limit: number): Promise<RequestBod
   const chunks: Buffer[] = [];
   for await (const c of req) chunks.push(c as Buffer);
   return { kind: 'buffer', data: Buffer.concat(chunks) };
-}
-
-/** Answers on a raw socket (parser errors, CONNECT, failed upgrades) and closes it for good. */
-function writeRawError(socket: Duplex, e: TandemError): void {
-  if (!socket.writable) {
-    socket.destroy();
-    return;
-  }
-  const body = JSON.stringify(e.toBody());
-  // Destroy once written: waiting for the client's FIN on a paused socket would hold it open forever.
-  socket.end(
-    `HTTP/1.1 ${e.statusCode} ${STATUS_CODES[e.statusCode] ?? 'Error'}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\nx-tandem-error: ${e.code}\r\nconnection: close\r\n\r\n${body}`,
-    () => socket.destroy(),
-  );
-  setTimeout(() => socket.destroy(), 5000).unref();
 }
