@@ -24,8 +24,8 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Pool } from 'undici';
-import { ConsulDevAgent } from '../src/agent/consul-dev-agent.ts';
-import { freePorts } from '../src/agent/free-port.ts';
+import { ConsulDevAgent } from '../src/consul/consul-dev-agent.ts';
+import { freePorts } from '../src/common/free-port.ts';
 import {
   ROOT, alive, build, checkInterrupted, isInterrupted, cleanup, cpuSeconds, establishedTo, flagEnv, getJson, installSignalHandlers, intEnv, isRecord, log, pidListeningOn, putJson,
   rssMb, setLogPrefix, setupPinning, sleep, startNodeUpstreams, startSidecar, stopProc, type Proc, type Sidecar,

@@ -25,8 +25,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { ConsulDevAgent } from '../src/agent/consul-dev-agent.ts';
-import { freePorts } from '../src/agent/free-port.ts';
+import { ConsulDevAgent } from '../src/consul/consul-dev-agent.ts';
+import { freePorts } from '../src/common/free-port.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const BIN = join(ROOT, 'bin', 'tandem.js');

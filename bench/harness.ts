@@ -12,8 +12,8 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { ConsulCluster } from '../src/agent/consul-cluster.ts';
-import { freePorts } from '../src/agent/free-port.ts';
+import { ConsulCluster } from '../test/support/consul-cluster.ts';
+import { freePorts } from '../src/common/free-port.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const BIN = join(ROOT, 'bin', 'tandem.js');
@@ -56,7 +56,7 @@ export interface HarnessHost {
 export interface HarnessOptions {
   /** Demo services per host; default greeter@2.0.0 on host-a, 1.0.0 on host-b, 1.1.0 on host-c. */
   services?: Partial<Record<HostName, readonly ServiceDef[]>>;
-  /** Extra `tandem start` arguments for every sidecar (e.g. FAST from test/helpers/sidecar.ts). */
+  /** Extra `tandem start` arguments for every sidecar (e.g. FAST from test/support/sidecar.ts). */
   sidecarArgs?: readonly string[];
   /** Check interval of the demo services' HTTP checks (default 2000 ms). */
   checkIntervalMs?: number;

@@ -16,8 +16,8 @@
 import { chmod, copyFile, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ConsulDevAgent } from '../src/agent/consul-dev-agent.ts';
-import { freePorts } from '../src/agent/free-port.ts';
+import { ConsulDevAgent } from '../src/consul/consul-dev-agent.ts';
+import { freePorts } from '../src/common/free-port.ts';
 import {
   ROOT, alive, build, checkInterrupted, isInterrupted, cleanup, ensureTool, flagEnv, getJson, installSignalHandlers, intEnv, isRecord, log, nginxInfo, setLogPrefix, setupPinning, sleep,
   startBareProxy, startNginxUpstreams, startNodeUpstreams, startSidecar, stopProc, type Proc, type Sidecar,

@@ -23,8 +23,8 @@
 import { chmod, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ConsulDevAgent } from '../src/agent/consul-dev-agent.ts';
-import { freePorts } from '../src/agent/free-port.ts';
+import { ConsulDevAgent } from '../src/consul/consul-dev-agent.ts';
+import { freePorts } from '../src/common/free-port.ts';
 import {
   BODY_BYTES, BODY_PATHS, ROOT, alive, build, checkInterrupted, isInterrupted, cleanup, cpuSeconds, ensureTool, establishedTo, flagEnv, getJson, installSignalHandlers, intEnv,
   coreBusySeconds, isRecord, log, nginxInfo, processTree, putJson, rssMb, setupPinning, sleep, startBareProxy, startNginxProxy, startNginxUpstreams, startNodeUpstreams, startSidecar, stopProc,

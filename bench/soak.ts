@@ -6,7 +6,7 @@
 //   SOAK_CONCURRENCY=8 SOAK_CHURN_SECONDS=20 SOAK_WARMUP_SECONDS=10 npm run soak
 //
 // Everything listens on 127.0.0.1 and runs in this process tree: the Consul dev agent, the sidecar
-// (`node bin/tandem.js start`) and one child process per upstream instance (test/helpers/upstream-child.mjs),
+// (`node bin/tandem.js start`) and one child process per upstream instance (test/support/upstream-child.mjs),
 // registered through the control API with HTTP checks every second: `soak-a` at 1.0.0, 1.1.0 and 2.0.0,
 // `soak-b` ×3. SOAK_CONCURRENCY loops send, back to back, round-robin GETs to /soak-a/…, ranged GETs to
 // /soak-a@^1/…, sticky GETs (x-stickyid, 1000 keys) to /soak-b/… and POSTs with an Idempotency-Key. Every
@@ -27,12 +27,12 @@ import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { Pool } from 'undici';
-import { ConsulDevAgent } from '../src/agent/consul-dev-agent.ts';
-import { freePorts } from '../src/agent/free-port.ts';
+import { ConsulDevAgent } from '../src/consul/consul-dev-agent.ts';
+import { freePorts } from '../src/common/free-port.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const BIN = join(ROOT, 'bin', 'tandem.js');
-const UPSTREAM = join(ROOT, 'test', 'helpers', 'upstream-child.mjs');
+const UPSTREAM = join(ROOT, 'test', 'support', 'upstream-child.mjs');
 const RESULTS = join(ROOT, 'bench', 'results', 'soak.json');
 
 const STICKY_KEYS = 1000;

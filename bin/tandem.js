@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // The `tandem` command: runs the compiled CLI (built by `npm run build`, which `npm ci` runs through `prepare`).
-import { main } from '../dist/agent/cli.js';
+import { main } from '../dist/cli/cli.js';
 
 main(process.argv.slice(2)).then(
   (code) => {

@@ -1,5 +1,5 @@
 // The proxy's error catalogue: every error the data path answers with, each with a stable code and status.
-import { TandemError } from '../sdk/tandem-error.ts';
+import { TandemError } from '../protocol/tandem-error.ts';
 
 export { TandemError };
 

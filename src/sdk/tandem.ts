@@ -2,8 +2,8 @@
 import { EventEmitter } from 'node:events';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { TandemError } from './tandem-error.ts';
-import type { BroadcastEntry, Election, LeaderInfo, Member, TandemEvent, CheckSpec, ErrorBody, InstanceInfo, Registration, ResolvedInstance, ServiceSpec } from './wire.ts';
+import { TandemError } from '../protocol/tandem-error.ts';
+import type { BroadcastEntry, Election, LeaderInfo, Member, TandemEvent, CheckSpec, ErrorBody, InstanceInfo, Registration, ResolvedInstance, ServiceSpec } from '../protocol/wire.ts';
 
 /**
  * Options of a {@link Tandem} client.

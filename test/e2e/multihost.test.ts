@@ -4,9 +4,9 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startHarness, stopHarness, type Harness, type HarnessHost } from '../../bench/harness.ts';
-import { eventually } from '../helpers/consul.ts';
-import { startLoad } from '../helpers/load.ts';
-import { FAST } from '../helpers/sidecar.ts';
+import { eventually } from '../support/consul.ts';
+import { startLoad } from '../support/load.ts';
+import { FAST } from '../support/sidecar.ts';
 
 // host-a runs greeter 2.0.0, host-b 1.0.0, host-c 1.1.0: `^1` from host-a reaches only hosts b and c.
 const RANGE = '^1';

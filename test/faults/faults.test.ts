@@ -4,13 +4,13 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { after, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { ConsulCluster } from '../../src/agent/consul-cluster.ts';
-import { ConsulDevAgent } from '../../src/agent/consul-dev-agent.ts';
-import { freePorts } from '../../src/agent/free-port.ts';
-import { agentServiceIds, eventually, healthOf } from '../helpers/consul.ts';
-import { startLoad } from '../helpers/load.ts';
-import { api, FAST, removeDir, spawnSidecar, startSidecar, tempDir } from '../helpers/sidecar.ts';
-import { startUpstream } from '../helpers/upstream.ts';
+import { ConsulCluster } from '../support/consul-cluster.ts';
+import { ConsulDevAgent } from '../../src/consul/consul-dev-agent.ts';
+import { freePorts } from '../../src/common/free-port.ts';
+import { agentServiceIds, eventually, healthOf } from '../support/consul.ts';
+import { startLoad } from '../support/load.ts';
+import { api, FAST, removeDir, spawnSidecar, startSidecar, tempDir } from '../support/sidecar.ts';
+import { startUpstream } from '../support/upstream.ts';
 
 const OUTAGE_MS = Number(process.env['FAULT_OUTAGE_MS'] ?? 60_000);
 const cleanups: (() => Promise<unknown>)[] = [];
@@ -19,7 +19,7 @@ after(async () => {
 });
 const later = (fn: () => Promise<unknown>) => cleanups.push(fn);
 
-const CHILD = fileURLToPath(new URL('../helpers/upstream-child.mjs', import.meta.url));
+const CHILD = fileURLToPath(new URL('../support/upstream-child.mjs', import.meta.url));
 async function childUpstream(port: number, name: string): Promise<ChildProcess> {
   const child = spawn(process.execPath, [CHILD, String(port), name], { stdio: ['ignore', 'pipe', 'ignore'] });
   later(async () => child.kill('SIGKILL'));

@@ -4,9 +4,9 @@ import { spawnSync } from 'node:child_process';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
-import { ConsulDevAgent } from '../../src/agent/consul-dev-agent.ts';
-import { agentServiceIds, eventually, healthOf, useConsul } from '../helpers/consul.ts';
-import { api, BIN, FAST, removeDir, spawnSidecar, startService, startSidecar, tempDir } from '../helpers/sidecar.ts';
+import { ConsulDevAgent } from '../../src/consul/consul-dev-agent.ts';
+import { agentServiceIds, eventually, healthOf, useConsul } from '../support/consul.ts';
+import { api, BIN, FAST, removeDir, spawnSidecar, startService, startSidecar, tempDir } from '../support/sidecar.ts';
 
 const consul = useConsul();
 const cleanups: (() => Promise<unknown>)[] = [];

@@ -2,12 +2,12 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { ConsulDevAgent } from '../../src/agent/consul-dev-agent.ts';
-import { freePorts } from '../../src/agent/free-port.ts';
-import type { Sidecar } from '../../src/agent/sidecar.ts';
+import { ConsulDevAgent } from '../../src/consul/consul-dev-agent.ts';
+import { freePorts } from '../../src/common/free-port.ts';
+import type { Sidecar } from '../../src/sidecar.ts';
 import { Tandem, type TandemEvent } from '../../src/sdk/index.ts';
-import { eventually } from '../helpers/consul.ts';
-import { api, BIN, FAST, removeDir, spawnSidecar, startSidecar, tempDir, type ChildSidecar } from '../helpers/sidecar.ts';
+import { eventually } from '../support/consul.ts';
+import { api, BIN, FAST, removeDir, spawnSidecar, startSidecar, tempDir, type ChildSidecar } from '../support/sidecar.ts';
 import { execFile } from 'node:child_process';
 
 function cli(node: string, args: string[], _opts: { encoding: 'utf8' }): Promise<{ status: number; stdout: string; stderr: string }> {
@@ -15,11 +15,11 @@ function cli(node: string, args: string[], _opts: { encoding: 'utf8' }): Promise
     execFile(node, args, { encoding: 'utf8', timeout: 30_000 }, (err, stdout, stderr) => resolve({ status: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr }));
   });
 }
-import { startUpstream } from '../helpers/upstream.ts';
+import { startUpstream } from '../support/upstream.ts';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createServer } from 'node:http';
 import { fileURLToPath } from 'node:url';
-import { healthOf } from '../helpers/consul.ts';
+import { healthOf } from '../support/consul.ts';
 
 const consul = new ConsulDevAgent();
 const sidecars: { sidecar: Sidecar; api: string; stateDir: string }[] = [];
@@ -138,7 +138,7 @@ describe('broadcast', () => {
 
 describe('leader election', () => {
   test('three contenders: one leader; killing its process promotes another; fencing tokens increase', async (t) => {
-    const script = fileURLToPath(new URL('../helpers/contender.ts', import.meta.url));
+    const script = fileURLToPath(new URL('../support/contender.ts', import.meta.url));
     interface Contender { child: ChildProcess; name: string; log: { kind: string; token?: number; at: number }[]; alive: boolean }
     const contenders: Contender[] = [];
     for (const [i, side] of [sidecars[0], sidecars[1], sidecars[0]].entries()) {

@@ -2,12 +2,12 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { after, before, test } from 'node:test';
-import { ConsulDevAgent } from '../../src/agent/consul-dev-agent.ts';
-import { freePorts } from '../../src/agent/free-port.ts';
-import type { Sidecar } from '../../src/agent/sidecar.ts';
-import { eventually, healthOf } from '../helpers/consul.ts';
-import { api, BIN, removeDir, startSidecar } from '../helpers/sidecar.ts';
-import { startUpstream, type Upstream } from '../helpers/upstream.ts';
+import { ConsulDevAgent } from '../../src/consul/consul-dev-agent.ts';
+import { freePorts } from '../../src/common/free-port.ts';
+import type { Sidecar } from '../../src/sidecar.ts';
+import { eventually, healthOf } from '../support/consul.ts';
+import { api, BIN, removeDir, startSidecar } from '../support/sidecar.ts';
+import { startUpstream, type Upstream } from '../support/upstream.ts';
 
 const consul = new ConsulDevAgent();
 let side: { sidecar: Sidecar; api: string; stateDir: string };

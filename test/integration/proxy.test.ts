@@ -8,12 +8,12 @@ import { fileURLToPath } from 'node:url';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import WebSocket from 'ws';
-import { freePorts } from '../../src/agent/free-port.ts';
-import type { Sidecar } from '../../src/agent/sidecar.ts';
-import { ConsulDevAgent } from '../../src/agent/consul-dev-agent.ts';
-import { eventually } from '../helpers/consul.ts';
-import { api, removeDir, startSidecar } from '../helpers/sidecar.ts';
-import { startUpstream, type Upstream } from '../helpers/upstream.ts';
+import { freePorts } from '../../src/common/free-port.ts';
+import type { Sidecar } from '../../src/sidecar.ts';
+import { ConsulDevAgent } from '../../src/consul/consul-dev-agent.ts';
+import { eventually } from '../support/consul.ts';
+import { api, removeDir, startSidecar } from '../support/sidecar.ts';
+import { startUpstream, type Upstream } from '../support/upstream.ts';
 
 const consul = new ConsulDevAgent();
 let sidecar: Sidecar | undefined;
@@ -213,7 +213,7 @@ describe('proxy: sticky routing', () => {
 describe('proxy: failover', () => {
   test('killing an instance during a steady stream of GETs fails no request; it is ejected, then served again after it restarts', async () => {
     const ports = await freePorts(3);
-    const script = fileURLToPath(new URL('../helpers/upstream-child.mjs', import.meta.url));
+    const script = fileURLToPath(new URL('../support/upstream-child.mjs', import.meta.url));
     const children = new Map<number, ChildProcess>();
     const spawnChild = async (port: number) => {
       const child = spawn(process.execPath, [script, String(port), 'stream'], { stdio: ['ignore', 'pipe', 'ignore'] });

@@ -2,8 +2,8 @@
 import assert from 'node:assert/strict';
 import { after, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { agentServiceIds, eventually, healthOf, useConsul } from '../helpers/consul.ts';
-import { api, removeDir, startService, startSidecar, tempDir } from '../helpers/sidecar.ts';
+import { agentServiceIds, eventually, healthOf, useConsul } from '../support/consul.ts';
+import { api, removeDir, startService, startSidecar, tempDir } from '../support/sidecar.ts';
 
 const consul = useConsul();
 const cleanups: (() => Promise<unknown>)[] = [];

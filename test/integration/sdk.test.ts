@@ -3,11 +3,11 @@ import assert from 'node:assert/strict';
 import { createServer, type Server } from 'node:http';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { ConsulDevAgent } from '../../src/agent/consul-dev-agent.ts';
-import { freePorts } from '../../src/agent/free-port.ts';
+import { ConsulDevAgent } from '../../src/consul/consul-dev-agent.ts';
+import { freePorts } from '../../src/common/free-port.ts';
 import { Tandem, TandemError, type WatchEvent } from '../../src/sdk/index.ts';
-import { eventually, healthOf } from '../helpers/consul.ts';
-import { FAST, removeDir, spawnSidecar, tempDir, type ChildSidecar } from '../helpers/sidecar.ts';
+import { eventually, healthOf } from '../support/consul.ts';
+import { FAST, removeDir, spawnSidecar, tempDir, type ChildSidecar } from '../support/sidecar.ts';
 
 const consul = new ConsulDevAgent();
 let side: ChildSidecar;

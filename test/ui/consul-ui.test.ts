@@ -3,10 +3,10 @@ import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { after, before, test } from 'node:test';
 import { chromium, type Browser } from 'playwright-core';
-import { ConsulDevAgent } from '../../src/agent/consul-dev-agent.ts';
-import { eventually, healthOf } from '../helpers/consul.ts';
-import { api, removeDir, startSidecar } from '../helpers/sidecar.ts';
-import { startUpstream, type Upstream } from '../helpers/upstream.ts';
+import { ConsulDevAgent } from '../../src/consul/consul-dev-agent.ts';
+import { eventually, healthOf } from '../support/consul.ts';
+import { api, removeDir, startSidecar } from '../support/sidecar.ts';
+import { startUpstream, type Upstream } from '../support/upstream.ts';
 
 const CHROMIUM = process.env['CHROMIUM_PATH'] ?? '/usr/bin/chromium';
 // Screenshots land in docs/img only when asked (they are committed, not rewritten by every run).

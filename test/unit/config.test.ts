@@ -4,8 +4,8 @@ import { writeFileSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { loadConfig, parseListen } from '../../src/agent/config.ts';
-import { InvalidConfigError } from '../../src/agent/errors.ts';
+import { loadConfig, parseListen } from '../../src/config/config.ts';
+import { InvalidConfigError } from '../../src/common/errors.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'tandem-config-'));
 

@@ -33,13 +33,16 @@ test('the built SDK declarations contain no `any`', () => {
   }
 });
 
-test('the SDK imports only Node built-ins and its own files', () => {
-  const dir = new URL('src/sdk/', root);
-  for (const f of readdirSync(dir).filter((x) => x.endsWith('.ts'))) {
-    const src = readFileSync(new URL(f, dir), 'utf8');
-    for (const m of src.matchAll(/^(?:import|export)[^'\n]*from '([^']+)'/gm)) {
-      const spec = m[1] as string;
-      assert.ok(spec.startsWith('node:') || (spec.startsWith('./') && !spec.includes('..')), `${f} imports ${spec}`);
+test('the SDK imports only Node built-ins, its own files and the shared protocol', () => {
+  for (const room of ['src/sdk/', 'src/protocol/']) {
+    const dir = new URL(room, root);
+    for (const f of readdirSync(dir).filter((x) => x.endsWith('.ts'))) {
+      const src = readFileSync(new URL(f, dir), 'utf8');
+      for (const m of src.matchAll(/^(?:import|export)[^'\n]*from '([^']+)'/gm)) {
+        const spec = m[1] as string;
+        const ok = spec.startsWith('node:') || (spec.startsWith('./') && !spec.includes('..')) || (room === 'src/sdk/' && /^\.\.\/protocol\/[\w-]+\.ts$/.test(spec));
+        assert.ok(ok, `${room}${f} imports ${spec}`);
+      }
     }
   }
 });

@@ -1,7 +1,7 @@
 // Building Consul service definitions: ids, version meta and DNS-safe tags, readable checks.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { toConsulDefinition, versionTags } from '../../src/agent/service-definition.ts';
+import { toConsulDefinition, versionTags } from '../../src/registration/service-definition.ts';
 
 const ctx = { nodeName: 'host1', defaultAddress: '10.0.0.5', sidecarId: 'tandem-host1-7701', checkIntervalMs: 10_000, checkTimeoutMs: 5000, ttlMs: 30_000 };
 

@@ -1,5 +1,5 @@
 // The agent's error catalogue: every error the control API, the registrar or the Consul client raise.
-import { TandemError } from '../sdk/tandem-error.ts';
+import { TandemError } from '../protocol/tandem-error.ts';
 
 export { TandemError };
 
@@ -56,34 +56,6 @@ export class UnauthorizedError extends TandemError {
 export class RouteNotFoundError extends TandemError {
   constructor(method: string, url: string) {
     super('TANDEM_ERR_ROUTE_NOT_FOUND', 404, `no control API route ${method} ${url}`);
-  }
-}
-
-/** Consul could not be reached, or answered 5xx. */
-export class ConsulUnavailableError extends TandemError {
-  constructor(message: string, options?: { cause?: unknown }) {
-    super('TANDEM_ERR_CONSUL_UNAVAILABLE', 503, message, options);
-  }
-}
-
-/** Consul answered 403: the ACL token lacks a permission. */
-export class ConsulPermissionError extends TandemError {
-  constructor(action: string, detail: string, options?: { cause?: unknown }) {
-    super(
-      'TANDEM_ERR_CONSUL_PERMISSION_DENIED',
-      502,
-      `Consul refused to ${action}: the ACL token lacks permission (${detail}). Set CONSUL_HTTP_TOKEN or CONSUL_HTTP_TOKEN_FILE to a token with the Tandem policy.`,
-      options,
-    );
-  }
-}
-
-/** Consul answered another 4xx: it rejected what we sent. */
-export class ConsulRejectedError extends TandemError {
-  readonly consulStatus: number;
-  constructor(action: string, consulStatus: number, detail: string, options?: { cause?: unknown }) {
-    super('TANDEM_ERR_CONSUL_REJECTED', 502, `Consul rejected the request to ${action} (${consulStatus}): ${detail}`, options);
-    this.consulStatus = consulStatus;
   }
 }
 

@@ -2,7 +2,7 @@
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { freePorts } from './free-port.ts';
+import { freePorts } from '../common/free-port.ts';
 
 const run = promisify(execFile);
 const INSTALL_SCRIPT = fileURLToPath(new URL('../../deploy/consul/install.sh', import.meta.url));

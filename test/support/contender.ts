@@ -1,5 +1,5 @@
 // A test app in its own process: registers through the SDK, runs for leadership, prints what happens.
-//   node --import tsx test/helpers/contender.ts <control API url> <group> <name>
+//   node --import tsx test/support/contender.ts <control API url> <group> <name>
 import { createServer } from 'node:http';
 import { Tandem } from '../../src/sdk/index.ts';
 

@@ -2,9 +2,9 @@
 import semver from 'semver';
 import type { Logger } from 'pino';
 import type { Endpoint, EndpointSource, Subscription, Update } from '../proxy/endpoint-source.ts';
-import type { ConsulClient, HealthEntry } from './consul-client.ts';
-import type { StateStore } from './state-store.ts';
-import { errSummary } from './errors.ts';
+import type { ConsulClient, HealthEntry } from '../consul/consul-client.ts';
+import type { StateStore } from '../common/state-store.ts';
+import { errSummary } from '../common/errors.ts';
 
 export interface CatalogWatcherOptions {
   consul: ConsulClient;

@@ -1,11 +1,12 @@
 // Keeps this host's services registered in Consul: persists them, re-registers what the agent lost, drains on removal.
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
-import type { Registration, ServiceSpec } from '../sdk/wire.ts';
-import type { ConsulClient, LocalCheck } from './consul-client.ts';
-import { ConsulPermissionError, ConsulUnavailableError, errSummary, NotTtlCheckError, ProtectedServiceError, ServiceNotFoundError, ShuttingDownError } from './errors.ts';
+import type { Registration, ServiceSpec } from '../protocol/wire.ts';
+import type { ConsulClient, LocalCheck } from '../consul/consul-client.ts';
+import { errSummary, NotTtlCheckError, ProtectedServiceError, ServiceNotFoundError, ShuttingDownError } from '../common/errors.ts';
+import { ConsulPermissionError, ConsulUnavailableError } from '../consul/errors.ts';
 import { effectiveCheck, serviceId, toConsulDefinition } from './service-definition.ts';
-import type { StateStore } from './state-store.ts';
+import type { StateStore } from '../common/state-store.ts';
 
 type Source = Registration['source'];
 

@@ -2,9 +2,9 @@
 import { EventEmitter } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
-import type { ConsulClient } from './consul-client.ts';
-import { errSummary } from './errors.ts';
-import type { Registrar } from './registrar.ts';
+import type { ConsulClient } from '../consul/consul-client.ts';
+import { errSummary } from '../common/errors.ts';
+import type { Registrar } from '../registration/registrar.ts';
 
 export const DRAIN_PREFIX = 'tandem/drain/';
 

@@ -5,9 +5,9 @@ import { createServer, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { loadConfig } from '../../src/agent/config.ts';
-import { freePorts } from '../../src/agent/free-port.ts';
-import { Sidecar } from '../../src/agent/sidecar.ts';
+import { loadConfig } from '../../src/config/config.ts';
+import { freePorts } from '../../src/common/free-port.ts';
+import { Sidecar } from '../../src/sidecar.ts';
 
 export const BIN = fileURLToPath(new URL('../../bin/tandem.js', import.meta.url));
 

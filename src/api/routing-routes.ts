@@ -10,7 +10,7 @@ import type { RangeCache } from '../proxy/range-cache.ts';
 import type { RoutingTable } from '../proxy/routing-table.ts';
 import type { RoutePlugin } from './control-api.ts';
 import { openSse, type SseStream } from './sse.ts';
-import { SERVICE_NAME_PATTERN } from './schemas.ts';
+import { SERVICE_NAME_PATTERN } from '../config/schemas.ts';
 
 export interface RoutingRoutesDeps {
   table: RoutingTable;

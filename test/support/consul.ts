@@ -1,6 +1,6 @@
 // Test helper: a throwaway Consul dev agent per test file, and small readers of its HTTP API.
 import { after, before } from 'node:test';
-import { ConsulDevAgent, type DevAgentOptions } from '../../src/agent/consul-dev-agent.ts';
+import { ConsulDevAgent, type DevAgentOptions } from '../../src/consul/consul-dev-agent.ts';
 
 /** Starts a dev agent before the file's tests and always stops it after them. */
 export function useConsul(opts: DevAgentOptions = {}): ConsulDevAgent {

@@ -1,6 +1,6 @@
 // Turns a validated ServiceSpec into the definition Consul's agent takes: id, version meta and tags, a readable check.
-import type { CheckSpec, ServiceSpec } from '../sdk/wire.ts';
-import { consulDuration, type ConsulServiceDefinition } from './consul-client.ts';
+import type { CheckSpec, ServiceSpec } from '../protocol/wire.ts';
+import { consulDuration, type ConsulServiceDefinition } from '../consul/consul-client.ts';
 
 export interface DefinitionContext {
   nodeName: string;

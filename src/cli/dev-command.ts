@@ -5,9 +5,9 @@ import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { waitForSignal } from './cli.ts';
-import { loadConfig } from './config.ts';
-import { ConsulDevAgent } from './consul-dev-agent.ts';
-import { Sidecar } from './sidecar.ts';
+import { loadConfig } from '../config/config.ts';
+import { ConsulDevAgent } from '../consul/consul-dev-agent.ts';
+import { Sidecar } from '../sidecar.ts';
 
 async function isConsulUp(address: string): Promise<boolean> {
   try {

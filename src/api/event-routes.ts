@@ -1,8 +1,8 @@
 // Control API routes for cluster pub/sub: publish an event, and stream a topic's events as server-sent events.
 import type { FastifyInstance } from 'fastify';
 import type { RoutePlugin } from './control-api.ts';
-import { InvalidRequestError } from './errors.ts';
-import { TOPIC_PATTERN, type Cursor, type EventBus, type TandemEvent } from './event-bus.ts';
+import { InvalidRequestError } from '../common/errors.ts';
+import { TOPIC_PATTERN, type Cursor, type EventBus, type TandemEvent } from '../cluster/event-bus.ts';
 import { openSse, type SseStream } from './sse.ts';
 
 const params = {

@@ -1,30 +1,30 @@
 // The composition root: builds every part of the sidecar from the frozen config and owns their start/close order.
 import { isIP } from 'node:net';
 import type { Logger } from 'pino';
-import type { ServiceSpec } from '../sdk/wire.ts';
-import { parseListen, type FrozenConfig } from './config.ts';
-import { ConsulClient } from './consul-client.ts';
-import { ControlApi } from './control-api.ts';
-import { createLogger } from './logger.ts';
-import { Registrar } from './registrar.ts';
-import { routingRoutes } from './routing-routes.ts';
-import { CatalogWatcher } from './catalog-watcher.ts';
-import { EventBus } from './event-bus.ts';
-import { eventRoutes } from './event-routes.ts';
-import { DrainController } from './drain.ts';
-import { lineageRoutes } from './lineage-routes.ts';
-import { Metrics } from './metrics.ts';
-import { statusRoutes } from './status-routes.ts';
-import { Balancer } from '../proxy/balancer.ts';
-import { Forwarder } from '../proxy/forwarder.ts';
-import { OutlierDetector } from '../proxy/outlier-detector.ts';
-import { ProxyServer } from '../proxy/proxy-server.ts';
-import { RangeCache } from '../proxy/range-cache.ts';
-import { RoutingTable } from '../proxy/routing-table.ts';
-import { HealthTracker } from '../proxy/health-tracker.ts';
-import { RetryBudget } from '../proxy/retry-budget.ts';
-import { StateStore } from './state-store.ts';
-import { TANDEM_VERSION } from './version.ts';
+import type { ServiceSpec } from './protocol/wire.ts';
+import { parseListen, type FrozenConfig } from './config/config.ts';
+import { ConsulClient } from './consul/consul-client.ts';
+import { ControlApi } from './api/control-api.ts';
+import { createLogger } from './common/logger.ts';
+import { Registrar } from './registration/registrar.ts';
+import { routingRoutes } from './api/routing-routes.ts';
+import { CatalogWatcher } from './discovery/catalog-watcher.ts';
+import { EventBus } from './cluster/event-bus.ts';
+import { eventRoutes } from './api/event-routes.ts';
+import { DrainController } from './cluster/drain.ts';
+import { lineageRoutes } from './api/lineage-routes.ts';
+import { Metrics } from './api/metrics.ts';
+import { statusRoutes } from './api/status-routes.ts';
+import { Balancer } from './proxy/balancer.ts';
+import { Forwarder } from './proxy/forwarder.ts';
+import { OutlierDetector } from './proxy/outlier-detector.ts';
+import { ProxyServer } from './proxy/proxy-server.ts';
+import { RangeCache } from './proxy/range-cache.ts';
+import { RoutingTable } from './proxy/routing-table.ts';
+import { HealthTracker } from './proxy/health-tracker.ts';
+import { RetryBudget } from './proxy/retry-budget.ts';
+import { StateStore } from './common/state-store.ts';
+import { TANDEM_VERSION } from './common/version.ts';
 
 export interface SidecarOptions {
   config: FrozenConfig;
@@ -64,6 +64,7 @@ export class Sidecar {
       fallbackAddresses: this.config.consul.fallbackAddresses,
       staleReads: this.config.consul.staleReads,
       maxStaleMs: this.config.consul.maxStaleMs,
+      maxConnections: this.config.consul.maxConnections,
     });
     this.#store = new StateStore(this.config.stateDir);
   }

@@ -3,12 +3,12 @@ import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstanc
 import type { Logger } from 'pino';
 import { ExpectationFailedError } from '../proxy/errors.ts';
 import { answerClientError } from '../proxy/raw-errors.ts';
-import type { ServiceSpec } from '../sdk/wire.ts';
+import type { ServiceSpec } from '../protocol/wire.ts';
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { InvalidRequestError, InvalidServiceError, MalformedJsonError, RouteNotFoundError, TandemError, UnauthorizedError } from './errors.ts';
-import type { Registrar } from './registrar.ts';
-import { ajv, formatErrors, serviceSpecRef } from './schemas.ts';
+import { InvalidRequestError, InvalidServiceError, MalformedJsonError, RouteNotFoundError, TandemError, UnauthorizedError } from '../common/errors.ts';
+import type { Registrar } from '../registration/registrar.ts';
+import { ajv, formatErrors, serviceSpecRef } from '../config/schemas.ts';
 import type { ErrorObject } from 'ajv';
 
 /** Extra route groups (the routing view, later features) plug in here without the API knowing them. */

@@ -3,8 +3,8 @@ import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { resolve } from 'node:path';
 import { createRequire } from 'node:module';
-import type { ServiceSpec } from '../sdk/wire.ts';
-import { InvalidConfigError } from './errors.ts';
+import type { ServiceSpec } from '../protocol/wire.ts';
+import { InvalidConfigError } from '../common/errors.ts';
 import { compile, formatErrors, serviceSpecRef, SERVICE_NAME_PATTERN } from './schemas.ts';
 
 export interface ListenAddress {
@@ -24,6 +24,11 @@ export interface Config {
     fallbackAddresses: string[];
     staleReads: boolean;
     maxStaleMs: number;
+    /**
+     * Most connections this sidecar opens to its Consul agent, whatever its callers do. Consul accepts
+     * 200 per client IP; the rest is left to the host's other clients (the CLI, other sidecars).
+     */
+    maxConnections: number;
   };
   node: { name: string; advertiseAddress?: string };
   proxy: {
@@ -87,8 +92,10 @@ export const configSchema = {
     consul: {
       type: 'object',
       additionalProperties: false,
-      required: ['address', 'requestTimeoutMs', 'fallbackAddresses', 'staleReads', 'maxStaleMs'],
+      required: ['address', 'requestTimeoutMs', 'fallbackAddresses', 'staleReads', 'maxStaleMs', 'maxConnections'],
       properties: {
+        // Consul's limit is 200 per client IP; above 150 other clients on the host could be locked out.
+        maxConnections: { type: 'integer', minimum: 16, maximum: 150 },
         fallbackAddresses: { type: 'array', maxItems: 16, items: { type: 'string', pattern: '^https?://[^\\s/]+/?$', description: 'an http(s) URL such as http://127.0.0.12:8500' } },
         staleReads: { type: 'boolean' },
         maxStaleMs: ms(0, 600_000),
@@ -208,7 +215,7 @@ const validateConfig = compile(configSchema);
 
 function defaults(): Config {
   return {
-    consul: { address: 'http://127.0.0.1:8500', requestTimeoutMs: 5000, fallbackAddresses: [], staleReads: true, maxStaleMs: 5000 },
+    consul: { address: 'http://127.0.0.1:8500', requestTimeoutMs: 5000, fallbackAddresses: [], staleReads: true, maxStaleMs: 5000, maxConnections: 120 },
     node: { name: hostname() },
     proxy: {
       listen: '127.0.0.1:7700',

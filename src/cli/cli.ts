@@ -1,9 +1,9 @@
 // The `tandem` command line: `start` runs the sidecar, `dev` runs a whole local setup; errors print one line.
-import { FLAGS, loadConfig } from './config.ts';
-import { TandemError } from './errors.ts';
+import { FLAGS, loadConfig } from '../config/config.ts';
+import { TandemError } from '../common/errors.ts';
 import { OPERATOR_USAGE, runOperator } from './cli-client.ts';
-import { Sidecar } from './sidecar.ts';
-import { TANDEM_VERSION } from './version.ts';
+import { Sidecar } from '../sidecar.ts';
+import { TANDEM_VERSION } from '../common/version.ts';
 
 const USAGE = `tandem ${TANDEM_VERSION} - a sidecar for Node.js services on Consul
 

@@ -1,9 +1,9 @@
 // Cluster pub/sub on Consul KV: events are keys `tandem/events/<topic>/<publisher>/<seq>`, read with blocking queries.
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
-import type { TandemEvent } from '../sdk/wire.ts';
-import type { ConsulClient } from './consul-client.ts';
-import { errSummary, TandemError } from './errors.ts';
+import type { TandemEvent } from '../protocol/wire.ts';
+import type { ConsulClient } from '../consul/consul-client.ts';
+import { errSummary, TandemError } from '../common/errors.ts';
 
 export const EVENT_PREFIX = 'tandem/events/';
 export const TOPIC_PATTERN = '^[A-Za-z0-9_.-]{1,128}$';

@@ -1,9 +1,9 @@
 // Leader election on Consul sessions and a KV lock `tandem/leaders/<group>`, one campaign per app contender.
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
-import type { LeaderInfo } from '../sdk/wire.ts';
-import type { ConsulClient } from './consul-client.ts';
-import { errSummary } from './errors.ts';
+import type { LeaderInfo } from '../protocol/wire.ts';
+import type { ConsulClient } from '../consul/consul-client.ts';
+import { errSummary } from '../common/errors.ts';
 
 export const LEADER_PREFIX = 'tandem/leaders/';
 export const GROUP_PATTERN = '^[A-Za-z0-9_.-]{1,128}$';

@@ -1,5 +1,5 @@
 // The operator commands of the CLI (drain, undrain, leaders, members): thin calls to a sidecar's control API.
-import { apiUrlFrom } from './config.ts';
+import { apiUrlFrom } from '../config/config.ts';
 
 interface Parsed {
   positional: string[];

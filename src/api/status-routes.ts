@@ -3,10 +3,10 @@ import type { FastifyInstance } from 'fastify';
 import type { HealthTracker } from '../proxy/health-tracker.ts';
 import type { OutlierDetector } from '../proxy/outlier-detector.ts';
 import type { RoutingTable } from '../proxy/routing-table.ts';
-import type { WatchStats } from './catalog-watcher.ts';
+import type { WatchStats } from '../discovery/catalog-watcher.ts';
 import type { RoutePlugin } from './control-api.ts';
 import type { Metrics } from './metrics.ts';
-import type { Registrar } from './registrar.ts';
+import type { Registrar } from '../registration/registrar.ts';
 
 export interface StatusDeps {
   metrics: Metrics;

@@ -1,14 +1,14 @@
 // Control API routes for elections (campaign stream, current leader) and the cluster directory (members).
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
-import type { Member } from '../sdk/wire.ts';
-import type { ConsulClient } from './consul-client.ts';
+import type { Member } from '../protocol/wire.ts';
+import type { ConsulClient } from '../consul/consul-client.ts';
 import type { RoutePlugin } from './control-api.ts';
-import { DRAIN_PREFIX, type DrainController, type DrainRequest } from './drain.ts';
-import { Campaign, currentLeader, GROUP_PATTERN } from './election.ts';
-import { ServiceNotFoundError } from './errors.ts';
-import type { Registrar } from './registrar.ts';
-import { SERVICE_NAME_PATTERN } from './schemas.ts';
+import { DRAIN_PREFIX, type DrainController, type DrainRequest } from '../cluster/drain.ts';
+import { Campaign, currentLeader, GROUP_PATTERN } from '../cluster/election.ts';
+import { ServiceNotFoundError } from '../common/errors.ts';
+import type { Registrar } from '../registration/registrar.ts';
+import { SERVICE_NAME_PATTERN } from '../config/schemas.ts';
 import { openSse } from './sse.ts';
 
 export interface LineageDeps {
@@ -130,7 +130,7 @@ export function lineageRoutes(deps: LineageDeps): RoutePlugin {
         },
       },
       async (req) => {
-        const names = req.query.service ? [req.query.service] : (await deps.consul.catalogServices()).filter((s) => s !== 'consul');
+        const names = req.query.service ? [req.query.service] : (await deps.consul.catalogServices()).value.filter((s) => s !== 'consul');
         const members: Member[] = [];
         for (const name of names) {
           const { value } = await deps.consul.healthService(name, { index: 0, waitMs: 0, passing: false });

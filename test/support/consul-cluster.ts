@@ -3,7 +3,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { installConsul } from './consul-dev-agent.ts';
+import { installConsul } from '../../src/consul/consul-dev-agent.ts';
 
 export interface ClusterNode {
   name: string;

@@ -1,0 +1,210 @@
+// The one blocking-query loop of the sidecar: index rules, jittered backoff, a bounded first answer, and no work once nobody listens.
+import { backoffDelay, sleepUnlessAborted } from './backoff.ts';
+import type { ConnectionBudget, Lease, LeaseKind } from './connection-budget.ts';
+import { ConsulBudgetExhaustedError, FirstAnswerTimeoutError } from './errors.ts';
+
+/** One answer of a (blocking) read. */
+export interface BlockingResult<T> {
+  index: number;
+  knownLeader: boolean;
+  lastContactMs: number;
+  value: T;
+}
+
+/** What the loop asks the client for: index 0 = answer at once; otherwise wait up to `waitMs` for a change. */
+export type BlockingFetch<T> = (q: { index: number; waitMs: number; signal: AbortSignal }) => Promise<BlockingResult<T>>;
+
+export interface BlockingQueryOptions<T> {
+  /** Names the query in logs, errors and the budget (`health:users`, `kv:tandem/events/`). */
+  name: string;
+  fetch: BlockingFetch<T>;
+  waitMs: number;
+  maxBackoffMs: number;
+  budget: ConnectionBudget;
+  /** `reserved` for the sidecar's own watches, `shared` for ones callers can multiply. */
+  kind: LeaseKind;
+  /** When set, answers equal to the previous one are not passed on (a wake-up is not a change). */
+  equals?: (a: T, b: T) => boolean;
+  /** Called on the first failure of a run of failures, and when answers come back. */
+  onFailing?: (failing: boolean, err?: unknown) => void;
+}
+
+export type Listener<T> = (value: T) => void;
+
+export interface QueryState {
+  name: string;
+  index: number;
+  /** When Consul last answered (ms since epoch), 0 before the first answer. */
+  lastOkAt: number;
+  consecutiveErrors: number;
+  lastError: unknown;
+  running: boolean;
+}
+
+/**
+ * A shared blocking query. The loop starts with the first subscriber (taking a lease from the
+ * connection budget, or throwing ConsulBudgetExhaustedError when there is no room) and stops the
+ * moment the last one leaves — also when it leaves before the first answer: the HTTP request in
+ * flight is aborted and the lease given back. `close()` ends it for good.
+ *
+ * Index rules (Consul's documentation and our own measurements): an index that goes backwards is
+ * reset to 0 (snapshot restore, agent loss); a used index is never below 1; errors back off with
+ * jitter, capped at `maxBackoffMs`.
+ *
+ * @example
+ *   const q = new BlockingQuery({ name: 'kv:tandem/drain/n1', fetch, waitMs: 55_000, maxBackoffMs: 10_000, budget, kind: 'reserved' });
+ *   const stop = q.subscribe((value) => console.log(value));
+ *   await q.first(2000);
+ *   stop();
+ */
+export class BlockingQuery<T> {
+  readonly name: string;
+  #o: BlockingQueryOptions<T>;
+  #listeners = new Set<Listener<T>>();
+  #abort: AbortController | undefined;
+  #lease: Lease | undefined;
+  #value: T | undefined;
+  #has = false;
+  #index = 0;
+  #lastOkAt = 0;
+  #errors = 0;
+  #lastError: unknown;
+  #closed = false;
+  #firstWaiters = new Set<() => void>();
+  /** Set by requery(): the next read is an immediate one after this many ms. */
+  #requeryInMs: number | undefined;
+
+  constructor(o: BlockingQueryOptions<T>) {
+    this.name = o.name;
+    this.#o = o;
+  }
+
+  get current(): T | undefined {
+    return this.#value;
+  }
+
+  get hasValue(): boolean {
+    return this.#has;
+  }
+
+  get listenerCount(): number {
+    return this.#listeners.size;
+  }
+
+  state(): QueryState {
+    return { name: this.name, index: this.#index, lastOkAt: this.#lastOkAt, consecutiveErrors: this.#errors, lastError: this.#lastError, running: this.#abort !== undefined };
+  }
+
+  /**
+   * Adds a listener (called with every new value; with the current one at once, asynchronously, when
+   * there is one). Returns the function that removes it. Throws ConsulBudgetExhaustedError when the
+   * loop is not running and the budget has no room for it.
+   */
+  subscribe(listener: Listener<T>): () => void {
+    if (this.#closed) throw new Error(`blocking query ${this.name} is closed`);
+    if (!this.#abort) this.#start();
+    this.#listeners.add(listener);
+    if (this.#has) {
+      const v = this.#value as T;
+      queueMicrotask(() => {
+        if (this.#listeners.has(listener)) listener(v);
+      });
+    }
+    let subscribed = true;
+    return () => {
+      if (!subscribed) return;
+      subscribed = false;
+      this.#listeners.delete(listener);
+      if (this.#listeners.size === 0) this.#stop();
+    };
+  }
+
+  /**
+   * Resolves with the value once there is one; rejects with FirstAnswerTimeoutError after
+   * `timeoutMs`, or at once when the loop is stopped meanwhile. Does not subscribe.
+   */
+  first(timeoutMs: number): Promise<T> {
+    if (this.#has) return Promise.resolve(this.#value as T);
+    return new Promise<T>((resolve, reject) => {
+      const timer = setTimeout(() => settle(new FirstAnswerTimeoutError(this.name, timeoutMs)), timeoutMs);
+      const settle = (err?: Error) => {
+        clearTimeout(timer);
+        this.#firstWaiters.delete(wake);
+        if (this.#has) resolve(this.#value as T);
+        else reject(err ?? new FirstAnswerTimeoutError(this.name, 0));
+      };
+      const wake = () => settle();
+      this.#firstWaiters.add(wake);
+    });
+  }
+
+  /** Asks for an immediate (non-blocking) read after `delayMs`, e.g. to re-check an answer held back. */
+  requery(delayMs: number): void {
+    this.#requeryInMs = delayMs;
+  }
+
+  /** Stops the loop and refuses new subscribers. */
+  close(): void {
+    this.#closed = true;
+    this.#listeners.clear();
+    this.#stop();
+  }
+
+  #start(): void {
+    const lease = this.#o.budget.tryAcquire(this.#o.kind, this.name);
+    if (!lease) throw new ConsulBudgetExhaustedError(this.name, this.#o.budget.snapshot());
+    this.#lease = lease;
+    const abort = new AbortController();
+    this.#abort = abort;
+    void this.#loop(abort.signal).finally(() => {
+      lease.release();
+      if (this.#lease === lease) this.#lease = undefined;
+    });
+  }
+
+  #stop(): void {
+    const abort = this.#abort;
+    this.#abort = undefined;
+    abort?.abort();
+    this.#lease?.release();
+    this.#lease = undefined;
+    for (const wake of [...this.#firstWaiters]) wake();
+  }
+
+  async #loop(signal: AbortSignal): Promise<void> {
+    while (!signal.aborted) {
+      if (this.#requeryInMs !== undefined) {
+        const delay = this.#requeryInMs;
+        this.#requeryInMs = undefined;
+        this.#index = 0;
+        await sleepUnlessAborted(delay, signal);
+        if (signal.aborted) return;
+      }
+      let r: BlockingResult<T>;
+      try {
+        r = await this.#o.fetch({ index: this.#index, waitMs: this.#o.waitMs, signal });
+      } catch (err) {
+        if (signal.aborted) return;
+        this.#errors++;
+        this.#lastError = err;
+        if (this.#errors === 1) this.#o.onFailing?.(true, err);
+        await sleepUnlessAborted(backoffDelay(this.#errors, { baseMs: 200, maxMs: this.#o.maxBackoffMs }), signal);
+        continue;
+      }
+      if (signal.aborted) return;
+      if (this.#errors > 0) {
+        this.#errors = 0;
+        this.#lastError = undefined;
+        this.#o.onFailing?.(false);
+      }
+      this.#lastOkAt = Date.now();
+      // Index rules: backwards → start over at 0; never block on an index below 1.
+      this.#index = r.index < this.#index ? 0 : Math.max(r.index, 1);
+      const changed = !this.#has || !this.#o.equals || !this.#o.equals(this.#value as T, r.value);
+      this.#value = r.value;
+      this.#has = true;
+      for (const wake of [...this.#firstWaiters]) wake();
+      if (changed) for (const l of [...this.#listeners]) l(r.value);
+    }
+  }
+}
