@@ -5,6 +5,9 @@
 # else, on Debian-family systems, Debian bullseye's consul package is fetched with a private apt
 # source list and unpacked into the cache, changing nothing under /etc/apt; else it fails and says how
 # to install Consul. Idempotent: once done it only checks a file and exits.
+# The Debian mirror is the one the system's own apt sources use (deb822 `URIs:` in
+# /etc/apt/sources.list.d/*.sources, or `deb URL ...` lines in /etc/apt/sources.list and *.list): a
+# machine behind a local mirror or proxy uses it; set TANDEM_DEBIAN_MIRROR to choose another.
 # Set TANDEM_CONSUL_CACHE to move the cache; set TANDEM_CONSUL_IGNORE_PATH=1 to skip the PATH lookup.
 set -eu
 
@@ -44,11 +47,29 @@ if ! command -v apt-get >/dev/null 2>&1 || ! command -v dpkg-deb >/dev/null 2>&1
   exit 1
 fi
 
+# The system's Debian archive mirror (not the security archive, not third-party repositories).
+system_mirror() {
+  {
+    for f in /etc/apt/sources.list.d/*.sources; do
+      [ -f "$f" ] && sed -n 's/^[[:space:]]*URIs:[[:space:]]*//p' "$f" | tr ' ' '\n'
+    done
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+      [ -f "$f" ] && sed -n 's/^[[:space:]]*deb[[:space:]]\{1,\}\(\[[^]]*\][[:space:]]\{1,\}\)\{0,1\}\([^[:space:]]*\).*/\2/p' "$f"
+    done
+  } | grep -E '^(https?|file)://' | grep -E '/debian/?$' | grep -v -- '-security' | head -n 1 | sed 's#/$##'
+}
+
 arch=$(dpkg --print-architecture 2>/dev/null || echo unknown)
-log "fetching Debian bullseye's consul $pkg_version ($arch) into $cache (nothing under /etc/apt changes)"
+mirror=${TANDEM_DEBIAN_MIRROR:-$(system_mirror)}
+if [ -z "$mirror" ]; then
+  log "no Debian mirror found in /etc/apt's sources; set TANDEM_DEBIAN_MIRROR (e.g. your local mirror's .../debian URL),"
+  log "or install Consul 1.8+ by hand and put it on PATH."
+  exit 1
+fi
+log "fetching Debian bullseye's consul $pkg_version ($arch) from $mirror into $cache (nothing under /etc/apt changes)"
 work="$cache/apt"
 mkdir -p "$work/lists/partial" "$work/cache/archives/partial" "$work/out" "$cache/bin"
-echo 'deb http://deb.debian.org/debian bullseye main' > "$work/bullseye.list"
+echo "deb $mirror bullseye main" > "$work/bullseye.list"
 # Private source list and private state: apt reads and writes only below $work.
 set -- -o "Dir::Etc::SourceList=$work/bullseye.list" -o Dir::Etc::SourceParts=/dev/null \
   -o "Dir::State::Lists=$work/lists" -o "Dir::Cache=$work/cache" -o Dir::Cache::pkgcache= \
