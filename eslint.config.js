@@ -14,7 +14,7 @@ const rooms = {
   registration: ['consul', 'common', 'protocol'],
   cluster: ['consul', 'registration', 'common', 'protocol'],
   api: ['consul', 'proxy', 'discovery', 'registration', 'cluster', 'config', 'common', 'protocol'],
-  cli: ['config', 'consul', 'common', 'protocol', 'sidecar'],
+  cli: ['config', 'consul', 'sdk', 'common', 'protocol', 'sidecar'],
 };
 const all = [...Object.keys(rooms), 'sidecar'];
 

@@ -9,7 +9,7 @@ const USAGE = `tandem ${TANDEM_VERSION} - a sidecar for Node.js services on Cons
 
 Usage:
   tandem start [flags]   run the sidecar (registration, routing proxy, control API)
-  tandem dev             run a Consul dev agent, a sidecar and demo services (Ctrl-C stops all)
+  tandem dev [flags]     run a Consul dev agent (UI, DNS), a sidecar and demo services (Ctrl-C stops all)
   tandem --version       print the version
   tandem <command> --help
 

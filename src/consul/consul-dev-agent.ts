@@ -33,6 +33,8 @@ export interface DevAgentOptions {
   extraArgs?: readonly string[];
   /** Token for the readiness probe when ACLs deny anonymous reads. */
   probeToken?: string;
+  /** Serve Consul DNS on this port (0 = a free one); off when absent. */
+  dnsPort?: number;
 }
 
 export class ConsulDevAgent {
@@ -41,6 +43,8 @@ export class ConsulDevAgent {
   #exited: Promise<void> | undefined;
   #ports: number[] | undefined;
   #binary: string | undefined;
+  /** stop() was called while start() was still installing: start() must not spawn. */
+  #cancelled = false;
 
   constructor(opts: DevAgentOptions = {}) {
     this.#opts = opts;
@@ -56,6 +60,11 @@ export class ConsulDevAgent {
     return `http://${this.#opts.bind ?? '127.0.0.1'}:${this.httpPort}`;
   }
 
+  /** The DNS port, when DNS is on. */
+  get dnsPort(): number | undefined {
+    return this.#opts.dnsPort === undefined ? undefined : this.#ports?.[4];
+  }
+
   get running(): boolean {
     return this.#child !== undefined;
   }
@@ -63,16 +72,20 @@ export class ConsulDevAgent {
   /** Starts the agent (same ports on a restart) and resolves once it has a leader. */
   async start(timeoutMs = 30_000): Promise<void> {
     if (this.#child) return;
+    this.#cancelled = false;
     this.#binary ??= this.#opts.binary ?? (await installConsul());
+    if (this.#cancelled) throw new Error('consul dev agent start cancelled');
     const bind = this.#opts.bind ?? '127.0.0.1';
     if (!this.#ports) {
-      const free = await freePorts(this.#opts.httpPort ? 4 : 5, { host: bind, udp: true });
-      this.#ports = this.#opts.httpPort ? [this.#opts.httpPort, ...free] : free;
+      // http, serf lan, serf wan, server rpc, dns
+      const free = await freePorts(5, { host: bind, udp: true });
+      const dns = this.#opts.dnsPort ? this.#opts.dnsPort : (free[4] as number);
+      this.#ports = [this.#opts.httpPort ?? (free[0] as number), free[1] as number, free[2] as number, free[3] as number, dns];
     }
-    const [http, serfLan, serfWan, server] = this.#ports as [number, number, number, number];
+    const [http, serfLan, serfWan, server, dns] = this.#ports as [number, number, number, number, number];
     const args = [
       'agent', '-dev', '-config-file', DEV_CONFIG, '-client', bind, '-bind', bind,
-      '-http-port', String(http), '-dns-port', '-1', '-grpc-port', '-1',
+      '-http-port', String(http), '-dns-port', this.#opts.dnsPort === undefined ? '-1' : String(dns), '-grpc-port', '-1',
       '-serf-lan-port', String(serfLan), '-serf-wan-port', String(serfWan), '-server-port', String(server),
       '-node', this.#opts.nodeName ?? `tandem-dev-${http}`,
       ...(this.#opts.extraArgs ?? []),
@@ -105,10 +118,13 @@ export class ConsulDevAgent {
     throw new Error(`consul dev agent did not elect a leader within ${timeoutMs} ms`);
   }
 
-  /** Stops the agent and waits for the process to exit (its ports are free again afterwards). */
+  /** Stops the agent and waits for the process to exit (its ports are free again afterwards); also during start(). */
   async stop(signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
     const child = this.#child;
-    if (!child) return;
+    if (!child) {
+      this.#cancelled = true;
+      return;
+    }
     child.kill(signal);
     const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
     await this.#exited;
