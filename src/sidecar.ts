@@ -5,11 +5,16 @@ import type { ServiceSpec } from './protocol/wire.ts';
 import { parseListen, type FrozenConfig } from './config/config.ts';
 import { ConsulClient } from './consul/consul-client.ts';
 import { ControlApi } from './api/control-api.ts';
+import { ConsulPermissionError, ConsulUnavailableError } from './consul/errors.ts';
+import { errSummary } from './common/errors.ts';
 import { createLogger } from './common/logger.ts';
 import { Registrar } from './registration/registrar.ts';
 import { routingRoutes } from './api/routing-routes.ts';
 import { CatalogWatcher } from './discovery/catalog-watcher.ts';
-import { EventBus } from './cluster/event-bus.ts';
+import { EventBus, type EventBusStats } from './cluster/event-bus.ts';
+import { Elections } from './cluster/election.ts';
+import { Directory } from './cluster/members.ts';
+import { StreamLimit } from './api/sse.ts';
 import { eventRoutes } from './api/event-routes.ts';
 import { DrainController } from './cluster/drain.ts';
 import { lineageRoutes } from './api/lineage-routes.ts';
@@ -19,6 +24,7 @@ import { Balancer } from './proxy/balancer.ts';
 import { Forwarder } from './proxy/forwarder.ts';
 import { OutlierDetector } from './proxy/outlier-detector.ts';
 import { ProxyServer } from './proxy/proxy-server.ts';
+import { ControlPlaneGuard } from './proxy/control-plane.ts';
 import { RangeCache } from './proxy/range-cache.ts';
 import { RoutingTable } from './proxy/routing-table.ts';
 import { HealthTracker } from './proxy/health-tracker.ts';
@@ -50,6 +56,8 @@ export class Sidecar {
   #proxy: ProxyServer | undefined;
   #bus: EventBus | undefined;
   #drain: DrainController | undefined;
+  #elections: Elections | undefined;
+  #streams: StreamLimit | undefined;
   #addresses: SidecarAddresses | undefined;
   #closing: Promise<void> | undefined;
 
@@ -74,8 +82,20 @@ export class Sidecar {
     return this.#addresses;
   }
 
+  /** Read-only: discovery's Consul footprint (the connection budget in use, each service watch, the shared change detector). */
+  discoveryStats(): { budget: ReturnType<ConsulClient['budget']['snapshot']>; watches: ReturnType<CatalogWatcher['stats']>; detector: ReturnType<CatalogWatcher['detectorStats']> | undefined } {
+    return { budget: this.#consul.budget.snapshot(), watches: this.#watcher?.stats() ?? [], detector: this.#watcher?.detectorStats() };
+  }
+
+  /** Read-only: the cluster features' footprint (event bus, open control-API streams, the connection budget). */
+  clusterStats(): { events: EventBusStats | undefined; openStreams: number; budget: ReturnType<ConsulClient['budget']['snapshot']> } {
+    return { events: this.#bus?.stats(), openStreams: this.#streams?.open ?? 0, budget: this.#consul.budget.snapshot() };
+  }
+
   async start(): Promise<SidecarAddresses> {
     const c = this.config;
+    // Asked once, while the rest starts; never rejects (see aclsEnabledAtStart for the rule when Consul does not answer).
+    const aclsEnabled = aclsEnabledAtStart(this.#consul, c.consul.token !== undefined, this.logger);
     await this.#store.start();
     const apiListen = parseListen(c.api.listen);
     // The sidecar's own service needs the API's real port (it may be 0 = any): the API listens
@@ -106,7 +126,10 @@ export class Sidecar {
     this.#watcher = watcher;
     await watcher.start();
     const outliers = new OutlierDetector({ ...c.proxy.ejection });
+    // The data plane never reaches a control plane: Consul agents, this sidecar's listeners, every sidecar in the catalog.
+    const guard = new ControlPlaneGuard({ consulAddresses: [this.#consul.address, ...c.consul.fallbackAddresses] });
     const forwarder = new Forwarder({
+      guard,
       upstreamTimeoutMs: c.proxy.upstreamTimeoutMs,
       bodyTimeoutMs: c.proxy.bodyTimeoutMs,
       connectTimeoutMs: c.proxy.connectTimeoutMs,
@@ -135,6 +158,7 @@ export class Sidecar {
         watches: () => watcher.stats(),
         registrations: () => registrar.snapshot(),
         outage: () => watcher.outage,
+        consul: () => ({ connections: this.#consul.connections(), budget: this.#consul.budget.snapshot() }),
       },
       c.log.access ? this.logger.child({ component: 'access' }) : undefined,
     );
@@ -159,14 +183,32 @@ export class Sidecar {
       broadcastTimeoutMs: c.proxy.broadcastTimeoutMs,
       broadcastMaxBodyBytes: c.proxy.broadcastMaxBodyBytes,
       observer: metrics,
+      guard,
+      sidecars: watcher,
     });
     this.#proxy = proxy;
 
-    const bus = new EventBus({ consul: this.#consul, logger: this.logger, retentionMs: c.events.retentionMs, waitMs: c.watch.waitMs });
+    const bus = new EventBus({ consul: this.#consul, logger: this.logger, retentionMs: c.events.retentionMs, waitMs: c.watch.waitMs, maxBackoffMs: c.watch.maxBackoffMs });
     this.#bus = bus;
-    const drain = new DrainController({ consul: this.#consul, registrar, logger: this.logger, nodeName: c.node.name, waitMs: c.watch.waitMs, graceMs: c.registration.drainMs });
+    const drain = new DrainController({ consul: this.#consul, registrar, logger: this.logger, nodeName: c.node.name, waitMs: c.watch.waitMs, maxBackoffMs: c.watch.maxBackoffMs, graceMs: c.registration.drainMs });
     this.#drain = drain;
     let sidecarIdNow = '';
+    const elections = new Elections({
+      consul: this.#consul,
+      store: this.#store,
+      logger: this.logger,
+      nodeName: c.node.name,
+      sidecarId: () => sidecarIdNow,
+      lockDelayMs: c.elections.lockDelayMs,
+      sessionTtlMs: c.elections.sessionTtlMs,
+      waitMs: c.watch.waitMs,
+      maxBackoffMs: c.watch.maxBackoffMs,
+    });
+    this.#elections = elections;
+    // Reads the sessions a killed predecessor left in the state dir and releases their locks (in the background).
+    await elections.start();
+    const streams = new StreamLimit(c.api.maxStreams);
+    this.#streams = streams;
 
     const api = new ControlApi({
       host: apiListen.host,
@@ -181,7 +223,9 @@ export class Sidecar {
         proxy: this.#addresses?.proxy ?? '',
       }),
       token: c.api.token,
+      aclsEnabled: await aclsEnabled,
       plugins: [
+        streams.plugin(),
         routingRoutes({
           table,
           balancer,
@@ -206,20 +250,17 @@ export class Sidecar {
             node: c.node.name,
             consul: this.#consul.address,
             consulReachable: registrar.consulReachable ?? null,
+            consulConnections: { ...this.#consul.connections(), watches: this.#consul.budget.snapshot() },
             outage: watcher.outage,
             addresses: this.#addresses ?? null,
           }),
         }),
         lineageRoutes({
-          consul: this.#consul,
-          registrar,
+          elections,
           drain,
+          directory: new Directory(this.#consul),
+          registrar,
           defaultDrainDeadlineMs: c.drain.deadlineMs,
-          logger: this.logger,
-          nodeName: c.node.name,
-          sidecarId: () => sidecarIdNow,
-          lockDelayMs: c.elections.lockDelayMs,
-          waitMs: c.watch.waitMs,
         }),
       ],
     });
@@ -228,6 +269,9 @@ export class Sidecar {
     const { port: apiPort } = await api.start();
     this.#api = api;
     const sidecarId = `tandem-${c.node.name}-${apiPort}`;
+    guard.protect(proxyListen.host, proxyPort);
+    guard.protect(apiListen.host, apiPort);
+    guard.protectInstance(sidecarId);
     const wildcard = apiListen.host === '0.0.0.0' || apiListen.host === '::';
     const sidecarService: ServiceSpec = {
       name: 'tandem',
@@ -273,6 +317,8 @@ export class Sidecar {
       // Half of shutdownTimeoutMs for in-flight proxied requests, half (plus the drain) for Consul.
       const half = Math.floor(this.config.shutdownTimeoutMs / 2);
       await this.#step('proxy', () => this.#proxy?.close(half), half + 1000);
+      // Before the services go: leaders release their locks at once (deregistration would invalidate their sessions, with lock-delay).
+      await this.#step('elections', () => this.#elections?.close(), 3000);
       await this.#step('registrations', () => this.#registrar?.close(), half + this.config.registration.drainMs);
       this.#bus?.close();
       this.#drain?.close();
@@ -286,6 +332,27 @@ export class Sidecar {
     })();
     return this.#closing;
   }
+}
+
+/**
+ * Whether control-API writes need credentials, decided once at start. The agent answers: its
+ * `DebugConfig.ACLsEnabled` (checked on Consul 1.8.7), or a 403 — only an agent enforcing ACLs refuses
+ * to describe itself. When Consul cannot be reached, ACLs count as enabled exactly when the sidecar has
+ * a token of its own: a sidecar without one lends nothing (its writes are anonymous, which any local
+ * process can make directly), one with a token must not lend it while it cannot tell.
+ */
+async function aclsEnabledAtStart(consul: Pick<ConsulClient, 'agentSelf'>, sidecarHasToken: boolean, logger: Logger): Promise<boolean> {
+  let why: string;
+  try {
+    const said = (await consul.agentSelf()).aclsEnabled;
+    if (said !== undefined) return said;
+    why = 'the Consul agent does not say whether it enforces ACLs';
+  } catch (err) {
+    if (err instanceof ConsulPermissionError) return true;
+    why = err instanceof ConsulUnavailableError ? 'Consul is unreachable: cannot tell whether it enforces ACLs' : `cannot tell whether Consul enforces ACLs (${errSummary(err).message})`;
+  }
+  logger.warn({ aclsEnabled: sidecarHasToken }, `${why}; control-API writes need credentials exactly when the sidecar has a Consul token`);
+  return sidecarHasToken;
 }
 
 function httpUrl(host: string, port: number): string {

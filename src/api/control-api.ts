@@ -1,13 +1,17 @@
 // The control API (fastify): registration routes and health, with every error turned into a response here.
-import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance } from 'fastify';
+import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import { ExpectationFailedError } from '../proxy/errors.ts';
 import { answerClientError } from '../proxy/raw-errors.ts';
 import type { ServiceSpec } from '../protocol/wire.ts';
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { InvalidRequestError, InvalidServiceError, MalformedJsonError, RouteNotFoundError, TandemError, UnauthorizedError } from '../common/errors.ts';
+import {
+  CallerTokenRefusedError, CredentialsRequiredError, InvalidRequestError, InvalidServiceError, MalformedJsonError, RouteNotFoundError, TandemError, UnauthorizedError,
+} from '../common/errors.ts';
 import type { Registrar } from '../registration/registrar.ts';
+import type { ConsulPermissionError } from '../consul/errors.ts';
+import { credentials, setCredentials } from './credentials.ts';
 import { ajv, formatErrors, serviceSpecRef } from '../config/schemas.ts';
 import type { ErrorObject } from 'ajv';
 
@@ -24,6 +28,11 @@ export interface ControlApiOptions {
   status: () => { consul: 'up' | 'down' | 'unknown' | 'forbidden'; outage: boolean; watched: number; proxy: string };
   /** When set, every route but `GET /v1/health` needs `Authorization: Bearer <token>`. */
   token?: string | undefined;
+  /**
+   * The local agent enforces ACLs (the sidecar asks it once at start): every write (any method but GET and
+   * HEAD) then needs the caller's own Consul token (`X-Consul-Token`) or a proven `api.token`.
+   */
+  aclsEnabled?: boolean;
   plugins?: readonly RoutePlugin[];
 }
 
@@ -73,7 +82,9 @@ export class ControlApi {
     });
     this.#app.setValidatorCompiler(({ schema }) => ajv.compile(schema));
     this.#app.setErrorHandler((err, req, reply) => {
-      const mapped = toTandemError(err as Error, (req.routeOptions.config as { bodyKind?: string }).bodyKind);
+      let mapped = toTandemError(err as Error, (req.routeOptions.config as { bodyKind?: string }).bodyKind);
+      // The write was made with the caller's own token: Consul refused the caller, not the sidecar.
+      if (isConsulRefusal(mapped) && credentials(req).token !== undefined) mapped = new CallerTokenRefusedError(mapped.action, mapped.detail);
       if (mapped.statusCode >= 500) this.#o.logger.warn({ code: mapped.code, message: mapped.message }, 'control API error');
       void reply.code(mapped.statusCode).header('x-tandem-error', mapped.code).send(mapped.toBody());
     });
@@ -81,17 +92,48 @@ export class ControlApi {
       const err = new RouteNotFoundError(req.method, req.url.split('?')[0] ?? '');
       void reply.code(404).header('x-tandem-error', err.code).send(err.toBody());
     });
-    if (opts.token !== undefined) {
-      const expected = createHash('sha256').update(opts.token).digest();
-      this.#app.addHook('onRequest', async (req) => {
-        if (req.method === 'GET' && req.url === '/v1/health') return;
+    this.#authenticate(opts.token, opts.aclsEnabled === true);
+    this.#routes();
+    for (const plugin of opts.plugins ?? []) plugin(this.#app);
+  }
+
+  /**
+   * The one place that decides whose credentials a request runs with. `api.token`, when configured,
+   * guards every route but the health check. The caller's own Consul token, when sent, is what every
+   * Consul write of the request uses (so a caller never gets more than its own token gives); without
+   * one, the sidecar's token is used — refused for writes when the agent enforces ACLs and the caller
+   * did not prove `api.token`, since that would lend the sidecar's token to any local process.
+   */
+  #authenticate(apiToken: string | undefined, aclsEnabled: boolean): void {
+    const expected = apiToken === undefined ? undefined : createHash('sha256').update(apiToken).digest();
+    this.#app.addHook('onRequest', async (req) => {
+      if (req.method === 'GET' && req.url === '/v1/health') return;
+      let proved = false;
+      if (expected) {
         const got = /^Bearer (.+)$/.exec(req.headers.authorization ?? '')?.[1] ?? '';
         // Compare digests in constant time: the token's length and content must not leak through timing.
         if (!timingSafeEqual(createHash('sha256').update(got).digest(), expected)) throw new UnauthorizedError();
-      });
-    }
-    this.#routes();
-    for (const plugin of opts.plugins ?? []) plugin(this.#app);
+        proved = true;
+      }
+      const raw = req.headers['x-consul-token'];
+      const token = (Array.isArray(raw) ? raw[0] : raw)?.trim();
+      if (token) {
+        setCredentials(req, { token });
+        return;
+      }
+      // Reads (the GET streams included) and unknown routes (answered 404) need no Consul credential.
+      const write = req.method !== 'GET' && req.method !== 'HEAD' && req.routeOptions.url !== undefined;
+      if (aclsEnabled && write && !proved) throw new CredentialsRequiredError();
+      setCredentials(req, {});
+    });
+  }
+
+  /**
+   * Whether a write Consul cannot take now may be kept and made later (with the sidecar's token): not
+   * when ACLs are on and the caller sent its own token, which Consul has then never checked.
+   */
+  #mayDefer(req: FastifyRequest): boolean {
+    return !(this.#o.aclsEnabled === true && credentials(req).token !== undefined);
   }
 
   /** For in-process tests (`inject`). */
@@ -118,12 +160,12 @@ export class ControlApi {
     app.get('/v1/services', { schema: {} }, async () => registrar.list());
 
     app.post<{ Body: ServiceSpec }>('/v1/services', { schema: { body: serviceSpecRef }, config: { bodyKind: 'service' } }, async (req, reply) => {
-      const { registration, pending } = await registrar.register(req.body);
+      const { registration, pending } = await registrar.register(req.body, credentials(req), this.#mayDefer(req));
       return reply.code(pending ? 202 : 201).send({ ...registration, pending });
     });
 
     app.delete<{ Params: { id: string } }>('/v1/services/:id', { schema: { params: idParams } }, async (req, reply) => {
-      const { pending } = await registrar.deregister(req.params.id);
+      const { pending } = await registrar.deregister(req.params.id, credentials(req), this.#mayDefer(req));
       return reply.code(pending ? 202 : 200).send({ id: req.params.id, deregistered: !pending, pending });
     });
 
@@ -136,11 +178,17 @@ export class ControlApi {
         },
       },
       async (req) => {
-        await registrar.heartbeat(req.params.id, req.body?.note);
+        await registrar.heartbeat(req.params.id, req.body?.note, credentials(req));
         return { id: req.params.id, status: 'passing' };
       },
     );
   }
+}
+
+/** Consul's 403 to a write (src/consul's ConsulPermissionError; routes may know its type, not import it). */
+function isConsulRefusal(e: TandemError): e is ConsulPermissionError {
+  const r = e as Partial<ConsulPermissionError>;
+  return e.code === 'TANDEM_ERR_CONSUL_PERMISSION_DENIED' && e.statusCode === 502 && typeof r.action === 'string' && typeof r.detail === 'string';
 }
 
 /** The one mapping from anything thrown in a route to our catalogue. */

@@ -2,48 +2,60 @@
 import type { FastifyInstance } from 'fastify';
 import type { RoutePlugin } from './control-api.ts';
 import { InvalidRequestError } from '../common/errors.ts';
-import { TOPIC_PATTERN, type Cursor, type EventBus, type TandemEvent } from '../cluster/event-bus.ts';
+import type { Cursor, EventBus } from '../cluster/event-bus.ts';
+import { nameSchema } from '../cluster/names.ts';
+import { credentials } from './credentials.ts';
 import { openSse, type SseStream } from './sse.ts';
 
 const params = {
   type: 'object',
   additionalProperties: false,
   required: ['topic'],
-  properties: { topic: { type: 'string', pattern: TOPIC_PATTERN, description: "a topic: letters, digits, '_', '.', '-', at most 128" } },
+  properties: { topic: nameSchema('a topic') },
 } as const;
+
+function parseCursor(text: string | undefined): Cursor | undefined {
+  if (text === undefined) return undefined;
+  try {
+    const parsed = JSON.parse(text) as unknown;
+    if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed) || !Object.values(parsed).every((v) => Number.isSafeInteger(v))) throw new Error('shape');
+    return parsed as Cursor;
+  } catch {
+    throw new InvalidRequestError('cursor must be a JSON object of publisher → last seq seen', 'TANDEM_ERR_INVALID_CURSOR');
+  }
+}
 
 export function eventRoutes(bus: EventBus, maxPayloadBytes: number): RoutePlugin {
   return (app: FastifyInstance) => {
-    // The body is the payload: any JSON value up to maxPayloadBytes (413 TANDEM_ERR_BODY_TOO_LARGE beyond).
+    // The body is the payload: any JSON value up to maxPayloadBytes (413 TANDEM_ERR_BODY_TOO_LARGE beyond);
+    // 409 TANDEM_ERR_EVENT_NOT_STORED when Consul did not store it.
     app.post<{ Params: { topic: string }; Body: unknown }>('/v1/events/:topic', { schema: { params }, bodyLimit: maxPayloadBytes }, async (req, reply) => {
-      const e = await bus.publish(req.params.topic, req.body ?? null);
+      const e = await bus.publish(req.params.topic, req.body ?? null, credentials(req));
       return reply.code(201).send({ id: e.id, topic: e.topic, publisher: e.publisher, seq: e.seq, ts: e.ts });
     });
 
     // ?cursor=<JSON {publisher: lastSeq}> resumes after a reconnect; without it, only events from now on.
+    // The stream opens at once; `cursor` comes once the topic's retained events are read, then `event`s.
+    // 503 TANDEM_ERR_TOO_MANY_STREAMS beyond api.maxStreams.
     app.get<{ Params: { topic: string }; Querystring: { cursor?: string } }>(
       '/v1/events/:topic',
       { schema: { params, querystring: { type: 'object', additionalProperties: false, properties: { cursor: { type: 'string', maxLength: 65_536 } } } } },
       async (req, reply) => {
-        let cursor: Cursor | undefined;
-        if (req.query.cursor !== undefined) {
-          try {
-            const parsed = JSON.parse(req.query.cursor) as unknown;
-            if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed) || !Object.values(parsed).every((v) => Number.isSafeInteger(v))) throw new Error('shape');
-            cursor = parsed as Cursor;
-          } catch {
-            throw new InvalidRequestError('cursor must be a JSON object of publisher → last seq seen', 'TANDEM_ERR_INVALID_CURSOR');
-          }
-        }
-        // The backlog arrives before the stream is open: it is queued and sent right after the cursor.
-        const pending: TandemEvent[] = [];
+        const cursor = parseCursor(req.query.cursor);
+        // No handler runs before subscribe returns, so the stream below is open before the first one.
         const out: { sse?: SseStream } = {};
-        const sub = await bus.subscribe(req.params.topic, cursor, (e) => (out.sse ? out.sse.send('event', e, e.id) : pending.push(e)));
-        const sse = openSse(req, reply);
-        sse.onClose(sub.close);
-        sse.send('cursor', sub.cursor);
-        for (const e of pending) sse.send('event', e, e.id);
-        out.sse = sse;
+        const sub = bus.subscribe(req.params.topic, cursor, {
+          start: (c) => out.sse?.send('cursor', c),
+          event: (e) => out.sse?.send('event', e, e.id),
+        });
+        try {
+          out.sse = openSse(req, reply);
+        } catch (err) {
+          sub.close(); // 503: too many streams
+          throw err;
+        }
+        // Closes the subscription whenever the client leaves, also before the topic's first answer.
+        out.sse.onClose(sub.close);
       },
     );
   };

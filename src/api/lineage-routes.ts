@@ -1,33 +1,31 @@
 // Control API routes for elections (campaign stream, current leader) and the cluster directory (members).
 import type { FastifyInstance } from 'fastify';
-import type { Logger } from 'pino';
 import type { Member } from '../protocol/wire.ts';
-import type { ConsulClient } from '../consul/consul-client.ts';
 import type { RoutePlugin } from './control-api.ts';
-import { DRAIN_PREFIX, type DrainController, type DrainRequest } from '../cluster/drain.ts';
-import { Campaign, currentLeader, GROUP_PATTERN } from '../cluster/election.ts';
+import type { DrainController, DrainRequest } from '../cluster/drain.ts';
+import type { Elections } from '../cluster/election.ts';
+import type { Directory } from '../cluster/members.ts';
+import { nameSchema } from '../cluster/names.ts';
 import { ServiceNotFoundError } from '../common/errors.ts';
 import type { Registrar } from '../registration/registrar.ts';
 import { SERVICE_NAME_PATTERN } from '../config/schemas.ts';
-import { openSse } from './sse.ts';
+import { credentials } from './credentials.ts';
+import { openSse, type SseStream } from './sse.ts';
 
+/** Everything here goes through src/cluster: these routes never talk to Consul themselves. */
 export interface LineageDeps {
-  consul: ConsulClient;
+  elections: Elections;
   drain: DrainController;
+  directory: Directory;
   defaultDrainDeadlineMs: number;
   registrar: Registrar;
-  logger: Logger;
-  nodeName: string;
-  sidecarId: () => string;
-  lockDelayMs: number;
-  waitMs: number;
 }
 
 const groupParams = {
   type: 'object',
   additionalProperties: false,
   required: ['group'],
-  properties: { group: { type: 'string', pattern: GROUP_PATTERN, description: "a group: letters, digits, '_', '.', '-', at most 128" } },
+  properties: { group: nameSchema('a group') },
 } as const;
 
 export function lineageRoutes(deps: LineageDeps): RoutePlugin {
@@ -46,18 +44,25 @@ export function lineageRoutes(deps: LineageDeps): RoutePlugin {
         const { group } = req.params;
         const { serviceId } = req.query;
         if (!deps.registrar.has(serviceId)) throw new ServiceNotFoundError(serviceId);
-        const sse = openSse(req, reply);
-        const campaign = new Campaign(group, serviceId, { consul: deps.consul, logger: deps.logger, nodeName: deps.nodeName, sidecarId: deps.sidecarId, lockDelayMs: deps.lockDelayMs, waitMs: deps.waitMs }, {
-          promoted: (info) => sse.send('promoted', info),
-          demoted: (reason) => sse.send('demoted', { group, reason }),
-          error: (message) => sse.send('error', { group, message }),
+        // The campaign's events are asynchronous: the stream is open before the first one.
+        const out: { sse?: SseStream } = {};
+        const campaign = deps.elections.campaign(group, serviceId, credentials(req), {
+          promoted: (info) => out.sse?.send('promoted', info),
+          demoted: (reason) => out.sse?.send('demoted', { group, reason }),
+          error: (message) => out.sse?.send('error', { group, message }),
         });
-        sse.send('campaign', { group, serviceId });
-        sse.onClose(() => void campaign.resign());
+        try {
+          out.sse = openSse(req, reply);
+        } catch (err) {
+          void campaign.resign(); // 503: too many streams
+          throw err;
+        }
+        out.sse.send('campaign', { group, serviceId });
+        out.sse.onClose(() => void campaign.resign());
       },
     );
 
-    const nodeParams = { type: 'object', additionalProperties: false, required: ['node'], properties: { node: { type: 'string', pattern: '^[A-Za-z0-9_.-]{1,128}$' } } } as const;
+    const nodeParams = { type: 'object', additionalProperties: false, required: ['node'], properties: { node: nameSchema('a node') } } as const;
 
     // Remote drain: the request is a KV key, so any sidecar (or an operator with consul kv put) can write it.
     app.put<{ Params: { node: string }; Body: { reason?: string; deadlineMs?: number } | null }>(
@@ -70,17 +75,16 @@ export function lineageRoutes(deps: LineageDeps): RoutePlugin {
       },
       async (req) => {
         const drain: DrainRequest = { reason: req.body?.reason ?? '', deadlineMs: req.body?.deadlineMs ?? deps.defaultDrainDeadlineMs, requestedAt: Date.now(), state: 'draining' };
-        await deps.consul.kvPut(`${DRAIN_PREFIX}${req.params.node}`, JSON.stringify(drain));
+        await deps.drain.request(req.params.node, drain, credentials(req));
         return { node: req.params.node, ...drain };
       },
     );
     app.delete<{ Params: { node: string } }>('/v1/drain/:node', { schema: { params: nodeParams } }, async (req) => {
-      await deps.consul.kvDelete(`${DRAIN_PREFIX}${req.params.node}`);
+      await deps.drain.cancel(req.params.node, credentials(req));
       return { node: req.params.node, state: 'serving' };
     });
     app.get<{ Params: { node: string } }>('/v1/drain/:node', { schema: { params: nodeParams } }, async (req) => {
-      const r = await deps.consul.kvGet(`${DRAIN_PREFIX}${req.params.node}`);
-      return { node: req.params.node, ...(r.value?.value ? (JSON.parse(r.value.value) as DrainRequest) : { state: 'serving' }) };
+      return { node: req.params.node, ...((await deps.drain.read(req.params.node)) ?? { state: 'serving' }) };
     });
 
     // The apps' lifecycle stream: `drain` (with reason and deadline), `undrain`, `drained`.
@@ -111,7 +115,8 @@ export function lineageRoutes(deps: LineageDeps): RoutePlugin {
       },
     );
 
-    app.get<{ Params: { group: string } }>('/v1/leaders/:group', { schema: { params: groupParams } }, async (req) => ({ group: req.params.group, leader: await currentLeader(deps.consul, req.params.group) }));
+    // What Consul says now (a consistent read, the holder's session checked), not this sidecar's memory.
+    app.get<{ Params: { group: string } }>('/v1/leaders/:group', { schema: { params: groupParams } }, async (req) => ({ group: req.params.group, leader: await deps.elections.leader(req.params.group) }));
 
     // comrade's getMembers: every instance in the cluster, with version, node, health and drain state.
     app.get<{ Querystring: { service?: string; node?: string; health?: 'passing' | 'critical' | 'warning' | 'maintenance' } }>(
@@ -129,31 +134,7 @@ export function lineageRoutes(deps: LineageDeps): RoutePlugin {
           },
         },
       },
-      async (req) => {
-        const names = req.query.service ? [req.query.service] : (await deps.consul.catalogServices()).value.filter((s) => s !== 'consul');
-        const members: Member[] = [];
-        for (const name of names) {
-          const { value } = await deps.consul.healthService(name, { index: 0, waitMs: 0, passing: false });
-          for (const e of value) {
-            const maintenance = e.checks.find((c) => c.checkId.startsWith('_service_maintenance') || c.checkId === '_node_maintenance');
-            const m: Member = {
-              service: e.name,
-              id: e.id,
-              version: e.meta['version'] ?? '',
-              node: e.node,
-              address: e.address,
-              port: e.port,
-              health: maintenance ? 'maintenance' : e.status,
-            };
-            if (maintenance?.notes) m.reason = maintenance.notes;
-            if (e.meta['tandem_sidecar']) m.sidecar = e.meta['tandem_sidecar'];
-            members.push(m);
-          }
-        }
-        return members
-          .filter((m) => (!req.query.node || m.node === req.query.node) && (!req.query.health || m.health === req.query.health))
-          .sort((x, y) => (x.service + x.id < y.service + y.id ? -1 : 1));
-      },
+      async (req): Promise<Member[]> => deps.directory.members(req.query),
     );
   };
 }

@@ -8,6 +8,13 @@ export interface MetricsSources {
   watches: () => { service: string; lastOkAt: number; stale: boolean }[];
   registrations: () => { state: string }[];
   outage: () => boolean;
+  /** Connections to the local Consul agent and the blocking-query budget (consul.maxConnections). */
+  consul: () => ConsulUsage;
+}
+
+export interface ConsulUsage {
+  connections: { open: number; busy: number; max: number };
+  budget: { capacity: number; reserved: number; inUse: number; byKind: { reserved: number; shared: number }; refused: number };
 }
 
 /**
@@ -75,6 +82,38 @@ export class Metrics implements ProxyObserver {
       registers,
       collect() {
         this.set(sources.outage() ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'tandem_consul_connections',
+      help: 'Connections to the local Consul agent: open (busy and idle), busy, and the configured maximum (consul.maxConnections)',
+      labelNames: ['state'],
+      registers,
+      collect() {
+        const c = sources.consul().connections;
+        this.set({ state: 'open' }, c.open);
+        this.set({ state: 'busy' }, c.busy);
+        this.set({ state: 'max' }, c.max);
+      },
+    });
+    new Gauge({
+      name: 'tandem_consul_watches',
+      help: "Blocking queries held open to Consul by kind (reserved: the sidecar's own; shared: services apps call), and the budget's capacity",
+      labelNames: ['kind'],
+      registers,
+      collect() {
+        const b = sources.consul().budget;
+        this.set({ kind: 'reserved' }, b.byKind.reserved);
+        this.set({ kind: 'shared' }, b.byKind.shared);
+        this.set({ kind: 'capacity' }, b.capacity);
+      },
+    });
+    new Gauge({
+      name: 'tandem_consul_watches_refused',
+      help: 'Blocking queries the budget refused since start (served by the shared change detector or answered 503)',
+      registers,
+      collect() {
+        this.set(sources.consul().budget.refused);
       },
     });
     new Gauge({

@@ -3,7 +3,7 @@ import type { FastifyInstance } from 'fastify';
 import type { Balancer } from '../proxy/balancer.ts';
 import type { Endpoint } from '../proxy/endpoint-source.ts';
 import type { EndpointSet } from '../proxy/endpoint-set.ts';
-import { NoHealthyInstanceError, UnknownServiceError } from '../proxy/errors.ts';
+import { NoHealthyInstanceError, TandemError, UnknownServiceError } from '../proxy/errors.ts';
 import type { HealthTracker } from '../proxy/health-tracker.ts';
 import type { OutlierDetector } from '../proxy/outlier-detector.ts';
 import type { RangeCache } from '../proxy/range-cache.ts';
@@ -80,13 +80,22 @@ export function routingRoutes(deps: RoutingRoutesDeps): RoutePlugin {
         let known = new Map<string, Endpoint>();
         // Updates may come before the stream is open: they are sent once it is.
         const out: { sse?: SseStream } = {};
-        const { set, stop } = await deps.table.listen(req.params.service, (next) => {
-          const now = Date.now();
-          const cur = routable(next);
-          for (const [id, e] of known) if (!cur.has(id)) out.sse?.send('removed', describe(e, now));
-          for (const [id, e] of cur) if (!known.has(id)) out.sse?.send('added', describe(e, now));
-          known = cur;
-        });
+        // A service not in the catalog yet costs no Consul watch: the table wakes this stream when its
+        // name appears. If it cannot be watched then, the stream ends with the reason (the SDK reconnects).
+        const { set, stop } = await deps.table.listen(
+          req.params.service,
+          (next) => {
+            const now = Date.now();
+            const cur = routable(next);
+            for (const [id, e] of known) if (!cur.has(id)) out.sse?.send('removed', describe(e, now));
+            for (const [id, e] of cur) if (!known.has(id)) out.sse?.send('added', describe(e, now));
+            known = cur;
+          },
+          (err) => {
+            if (err instanceof TandemError) out.sse?.send('error', err.toBody());
+            out.sse?.end();
+          },
+        );
         const sse = openSse(req, reply);
         out.sse = sse;
         sse.onClose(stop);

@@ -28,8 +28,19 @@ function parse(args: readonly string[]): Parsed {
   return { positional, flags };
 }
 
-async function call(base: string, token: string | undefined, method: string, path: string, body?: unknown): Promise<unknown> {
-  const headers: Record<string, string> = token ? { authorization: `Bearer ${token}` } : {};
+/** A sidecar's control API and the operator's credentials for it. */
+interface ApiTarget {
+  url: string;
+  /** `api.token`, sent as a bearer token. */
+  token?: string;
+  /** The operator's own Consul token (CONSUL_HTTP_TOKEN): the sidecar makes the operator's writes with it. */
+  consulToken?: string;
+}
+
+async function call(api: ApiTarget, method: string, path: string, body?: unknown): Promise<unknown> {
+  const base = api.url;
+  const headers: Record<string, string> = api.token ? { authorization: `Bearer ${api.token}` } : {};
+  if (api.consulToken) headers['x-consul-token'] = api.consulToken;
   if (body !== undefined) headers['content-type'] = 'application/json';
   let res: Response;
   try {
@@ -75,7 +86,7 @@ export const OPERATOR_USAGE = `Operator commands (they talk to a sidecar's contr
 /** Runs one operator command; resolves with the exit code. */
 export async function runOperator(command: string, args: readonly string[], out: (s: string) => void): Promise<number> {
   const p = parse(args);
-  const { url, token } = apiUrlFrom(typeof p.flags.get('api') === 'string' ? (p.flags.get('api') as string) : undefined);
+  const target: ApiTarget = apiUrlFrom(typeof p.flags.get('api') === 'string' ? (p.flags.get('api') as string) : undefined);
   switch (command) {
     case 'drain': {
       const node = p.positional[0];
@@ -85,21 +96,21 @@ export async function runOperator(command: string, args: readonly string[], out:
       if (typeof reason === 'string') body.reason = reason;
       const deadline = p.flags.get('deadline-ms');
       if (typeof deadline === 'string') body.deadlineMs = Number(deadline);
-      await call(url, token, 'PUT', `/v1/drain/${encodeURIComponent(node)}`, body);
+      await call(target, 'PUT', `/v1/drain/${encodeURIComponent(node)}`, body);
       out(`draining ${node}${body.reason ? ` (${body.reason})` : ''}: its services are in maintenance; they are deregistered once their apps are ready to stop\n`);
       return 0;
     }
     case 'undrain': {
       const node = p.positional[0];
       if (!node) throw new Error('usage: tandem undrain <node>');
-      await call(url, token, 'DELETE', `/v1/drain/${encodeURIComponent(node)}`);
+      await call(target, 'DELETE', `/v1/drain/${encodeURIComponent(node)}`);
       out(`${node}: drain cancelled\n`);
       return 0;
     }
     case 'leaders': {
       const group = p.positional[0];
       if (!group) throw new Error('usage: tandem leaders <group>');
-      const r = (await call(url, token, 'GET', `/v1/leaders/${encodeURIComponent(group)}`)) as { leader: { serviceId: string; node: string; token: number; since: number } | null };
+      const r = (await call(target, 'GET', `/v1/leaders/${encodeURIComponent(group)}`)) as { leader: { serviceId: string; node: string; token: number; since: number } | null };
       out(r.leader ? `${group}: ${r.leader.serviceId} on ${r.leader.node} (fencing token ${r.leader.token}, since ${new Date(r.leader.since).toISOString()})\n` : `${group}: no leader\n`);
       return 0;
     }
@@ -111,13 +122,13 @@ export async function runOperator(command: string, args: readonly string[], out:
       }
       if (p.flags.has('healthy')) q.set('health', 'passing');
       if (p.flags.has('critical')) q.set('health', 'critical');
-      const rows = (await call(url, token, 'GET', `/v1/members${q.size ? `?${q}` : ''}`)) as { service: string; id: string; version: string; node: string; address: string; port: number; health: string; reason?: string }[];
+      const rows = (await call(target, 'GET', `/v1/members${q.size ? `?${q}` : ''}`)) as { service: string; id: string; version: string; node: string; address: string; port: number; health: string; reason?: string }[];
       if (p.flags.has('json')) out(`${JSON.stringify(rows, null, 2)}\n`);
       else out(`${table([['SERVICE', 'VERSION', 'ID', 'NODE', 'ADDRESS', 'HEALTH'], ...rows.map((r) => [r.service, r.version, r.id, r.node, `${r.address}:${r.port}`, r.reason ? `${r.health} (${r.reason})` : r.health])])}\n`);
       return 0;
     }
     case 'status': {
-      const st = (await call(url, token, 'GET', '/v1/status')) as StatusView;
+      const st = (await call(target, 'GET', '/v1/status')) as StatusView;
       if (p.flags.has('json')) {
         out(`${JSON.stringify(st, null, 2)}\n`);
         return 0;

@@ -2,9 +2,11 @@
 import { EventEmitter } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
-import type { ConsulClient } from '../consul/consul-client.ts';
+import { BlockingQuery } from '../consul/blocking-query.ts';
+import type { CallOptions, ConsulClient, KvEntry } from '../consul/consul-client.ts';
 import { errSummary } from '../common/errors.ts';
 import type { Registrar } from '../registration/registrar.ts';
+import { InvalidNameError, isValidName } from './names.ts';
 
 export const DRAIN_PREFIX = 'tandem/drain/';
 
@@ -19,15 +21,43 @@ export interface DrainRequest {
 
 export type DrainState = { state: 'serving' } | { state: 'draining' | 'drained'; reason: string; deadline: number };
 
+export interface DrainOptions {
+  consul: ConsulClient;
+  registrar: Registrar;
+  logger: Logger;
+  nodeName: string;
+  waitMs: number;
+  maxBackoffMs: number;
+  graceMs: number;
+}
+
+function drainKey(node: string): string {
+  if (!isValidName(node)) throw new InvalidNameError('node', node);
+  return `${DRAIN_PREFIX}${node}`;
+}
+
+function parseRequest(entry: KvEntry | undefined): DrainRequest | undefined {
+  if (!entry?.value) return undefined;
+  try {
+    const v = JSON.parse(entry.value) as unknown;
+    return typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as DrainRequest) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 /**
  * The drain of this host. Order: maintenance with the reason (instances leave `?passing`, the UI shows
  * why) → `drain` to the apps (lifecycle stream) → wait for the ready-to-stop of every app listening
  * (or the deadline; without listeners, the registrar's drain time) → deregister → mark the key `drained`. Deleting the key before that reverses it (`undrain`).
- * Emits `drain`, `undrain`, `drained` for the lifecycle stream.
+ * Emits `drain`, `undrain`, `drained` for the lifecycle stream. The key is watched through the
+ * blocking-query engine with a reserved lease; the requests for any node (`request`, `cancel`, `read`)
+ * go through here too, so that the control API never talks to Consul itself.
  */
 export class DrainController extends EventEmitter {
-  #o: { consul: ConsulClient; registrar: Registrar; logger: Logger; nodeName: string; waitMs: number; graceMs: number };
+  #o: DrainOptions;
   #abort = new AbortController();
+  #query: BlockingQuery<KvEntry | undefined>;
   #state: DrainState = { state: 'serving' };
   #ready = new Set<string>();
   #wake: (() => void) | undefined;
@@ -36,9 +66,23 @@ export class DrainController extends EventEmitter {
   #listening = new Map<symbol, ReadonlySet<string>>();
 
   /** `graceMs`: how long services without a listening app stay in maintenance before deregistration. */
-  constructor(o: { consul: ConsulClient; registrar: Registrar; logger: Logger; nodeName: string; waitMs: number; graceMs: number }) {
+  constructor(o: DrainOptions) {
     super();
     this.#o = o;
+    const key = this.key;
+    this.#query = new BlockingQuery<KvEntry | undefined>({
+      name: `kv:${key}`,
+      fetch: (q) => o.consul.kvGet(key, q),
+      waitMs: o.waitMs,
+      maxBackoffMs: o.maxBackoffMs,
+      budget: o.consul.budget,
+      kind: 'reserved',
+      // A wake-up without a new write is not a new request.
+      equals: (a, b) => a?.modifyIndex === b?.modifyIndex,
+      onFailing: (failing, err) => {
+        if (failing) o.logger.warn({ err: errSummary(err) }, 'drain watch failed; retrying');
+      },
+    });
   }
 
   get key(): string {
@@ -50,12 +94,28 @@ export class DrainController extends EventEmitter {
   }
 
   start(): void {
-    void this.#loop();
+    this.#query.subscribe((entry) => this.#onRequest(parseRequest(entry)));
   }
 
   close(): void {
     this.#abort.abort();
+    this.#query.close();
     this.#wake?.();
+  }
+
+  /** Asks `node`'s sidecar to drain its host (a KV write with the caller's credentials). */
+  async request(node: string, req: DrainRequest, call?: CallOptions): Promise<void> {
+    await this.#o.consul.kvPut(drainKey(node), JSON.stringify(req), {}, call);
+  }
+
+  /** Cancels an unfinished drain of `node` (or forgets a finished one). */
+  async cancel(node: string, call?: CallOptions): Promise<void> {
+    await this.#o.consul.kvDelete(drainKey(node), {}, call);
+  }
+
+  /** The drain request for `node`, or undefined when it is serving. */
+  async read(node: string): Promise<DrainRequest | undefined> {
+    return parseRequest((await this.#o.consul.kvGet(drainKey(node))).value);
   }
 
   /** An app opened the lifecycle stream for these services; returns the function to call when it closes. */
@@ -74,29 +134,9 @@ export class DrainController extends EventEmitter {
     this.#wake?.();
   }
 
-  async #loop(): Promise<void> {
-    const signal = this.#abort.signal;
-    let index = 0;
-    let failures = 0;
-    while (!signal.aborted) {
-      try {
-        const r = await this.#o.consul.kvGet(this.key, { index, waitMs: this.#o.waitMs, signal });
-        index = r.index < index ? 0 : Math.max(r.index, 1);
-        failures = 0;
-        let req: DrainRequest | undefined;
-        try {
-          req = r.value && r.value.value ? (JSON.parse(r.value.value) as DrainRequest) : undefined;
-        } catch {
-          req = undefined;
-        }
-        if (req && req.state !== 'drained' && this.#state.state === 'serving') void this.#drain(req);
-        else if (!req && this.#state.state === 'draining') await this.#undrain();
-      } catch (err) {
-        if (signal.aborted) return;
-        if (failures++ === 0) this.#o.logger.warn({ err: errSummary(err) }, 'drain watch failed; retrying');
-        await sleep(Math.min(100 * 2 ** failures, 5000), undefined, { signal }).catch(() => undefined);
-      }
-    }
+  #onRequest(req: DrainRequest | undefined): void {
+    if (req && req.state !== 'drained' && this.#state.state === 'serving') void this.#drain(req);
+    else if (!req && this.#state.state === 'draining') void this.#undrain();
   }
 
   async #drain(req: DrainRequest): Promise<void> {

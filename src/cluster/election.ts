@@ -1,132 +1,245 @@
-// Leader election on Consul sessions and a KV lock `tandem/leaders/<group>`, one campaign per app contender.
-import { setTimeout as sleep } from 'node:timers/promises';
+// Leader elections on Consul: one blocking query on `tandem/leaders/` for every group, TTL sessions renewed here and remembered in the state dir.
 import type { Logger } from 'pino';
 import type { LeaderInfo } from '../protocol/wire.ts';
-import type { ConsulClient } from '../consul/consul-client.ts';
-import { errSummary } from '../common/errors.ts';
+import { backoffDelay, sleepUnlessAborted } from '../consul/backoff.ts';
+import { BlockingQuery } from '../consul/blocking-query.ts';
+import type { CallOptions, ConsulClient, KvEntry } from '../consul/consul-client.ts';
+import { errSummary, ShuttingDownError } from '../common/errors.ts';
+import type { StateStore } from '../common/state-store.ts';
+import { Campaign, LEADER_PREFIX, leaderInfo, type CampaignContext, type CampaignEvents } from './campaign.ts';
+import { InvalidNameError, isValidName } from './names.ts';
 
-export const LEADER_PREFIX = 'tandem/leaders/';
-export const GROUP_PATTERN = '^[A-Za-z0-9_.-]{1,128}$';
+export { LEADER_PREFIX };
+export type { Campaign, CampaignEvents, LeaderInfo };
 
-export type { LeaderInfo };
+/** The state file listing this sidecar's election sessions (id and lock key). */
+export const SESSIONS_FILE = 'election-sessions';
 
-export interface CampaignEvents {
-  promoted(info: LeaderInfo): void;
-  demoted(reason: string): void;
-  error(message: string): void;
-}
-
-export interface ElectionOptions {
+export interface ElectionsOptions {
   consul: ConsulClient;
+  store: StateStore;
   logger: Logger;
   nodeName: string;
   sidecarId: () => string;
   /** Consul's lock-delay after a session is invalidated (not after a voluntary release). */
   lockDelayMs: number;
+  /** Session TTL (Consul: 10 s .. 24 h); renewed every third of it. */
+  sessionTtlMs: number;
   waitMs: number;
+  maxBackoffMs: number;
+}
+
+interface StoredSession {
+  id: string;
+  key: string;
 }
 
 /**
- * One contender. Its session is tied to serfHealth (the node) and the app's own service check, so a
- * crashed or hung app loses the lock; a contender that leaves releases it at once (no lock-delay).
+ * Every campaign of this sidecar. All groups share one blocking query on the leaders prefix (a
+ * reserved lease), which exists only while there is a campaign. Sessions carry a TTL renewed here
+ * every TTL/3, on top of serfHealth and the app's own check, and their ids are written to the state
+ * dir before they can hold a lock: a sidecar started again on the same state dir releases and
+ * destroys what its killed predecessor held, so an app that campaigns again is not locked out.
  */
-export class Campaign {
-  readonly group: string;
-  readonly serviceId: string;
-  #o: ElectionOptions;
-  #events: CampaignEvents;
+export class Elections {
+  #o: ElectionsOptions;
+  #groups = new Map<string, Set<Campaign>>();
+  #query: BlockingQuery<KvEntry[]> | undefined;
+  /** This process's live sessions, by id → lock key. */
+  #live = new Map<string, string>();
+  /** Sessions of an earlier run (or whose destroy failed) still to destroy. */
+  #leftovers = new Map<string, string>();
+  #renewTimer: NodeJS.Timeout | undefined;
+  #renewFailing = false;
   #abort = new AbortController();
-  #session: string | undefined;
-  #leader = false;
-  #done: Promise<void>;
+  #cleanup: Promise<void> | undefined;
+  #closed = false;
 
-  constructor(group: string, serviceId: string, o: ElectionOptions, events: CampaignEvents) {
-    this.group = group;
-    this.serviceId = serviceId;
-    this.#o = o;
-    this.#events = events;
-    this.#done = this.#run();
+  constructor(opts: ElectionsOptions) {
+    this.#o = opts;
   }
 
-  get key(): string {
-    return `${LEADER_PREFIX}${this.group}`;
-  }
-
-  /** Leaves the election: releases the lock if held, destroys the session. */
-  async resign(): Promise<void> {
-    this.#abort.abort();
-    await this.#done.catch(() => undefined);
-    const session = this.#session;
-    this.#session = undefined;
-    if (!session) return;
+  /** Reads the sessions a previous run left and, in the background, releases their locks and destroys them. */
+  async start(): Promise<void> {
+    let stored: unknown;
     try {
-      if (this.#leader) await this.#o.consul.kvPut(this.key, '', { release: session });
-      await this.#o.consul.sessionDestroy(session);
+      stored = await this.#o.store.load(SESSIONS_FILE);
     } catch (err) {
-      this.#o.logger.warn({ group: this.group, err: errSummary(err) }, 'could not release the leader lock cleanly; its session will expire');
+      this.#o.logger.warn({ err: errSummary(err) }, 'could not read the election sessions of the previous run');
     }
-    this.#leader = false;
+    const list = (stored as { sessions?: unknown } | undefined)?.sessions;
+    for (const s of Array.isArray(list) ? (list as StoredSession[]) : []) if (typeof s?.id === 'string' && typeof s.key === 'string') this.#leftovers.set(s.id, s.key);
+    if (this.#leftovers.size > 0) this.#cleanup = this.#destroyLeftovers();
   }
 
-  async #run(): Promise<void> {
-    const signal = this.#abort.signal;
-    let index = 0;
-    let failures = 0;
-    while (!signal.aborted) {
-      try {
-        this.#session ??= await this.#o.consul.sessionCreate({
-          name: `tandem election ${this.group} (${this.serviceId})`,
-          checks: ['serfHealth', `service:${this.serviceId}`],
-          lockDelayMs: this.#o.lockDelayMs,
-          behavior: 'release',
-        });
-        const cur = await this.#o.consul.kvGet(this.key, { index, waitMs: this.#o.waitMs, signal });
-        index = cur.index < index ? 0 : Math.max(cur.index, 1);
-        failures = 0;
-        const holder = cur.value?.session;
-        if (this.#leader && holder !== this.#session) {
-          this.#leader = false;
-          // Our session was invalidated (app critical, node failed) or the lock taken from us.
-          this.#session = undefined;
-          this.#events.demoted('the lock was lost (the session was invalidated)');
-          continue;
+  /** Leftover sessions not yet destroyed (for tests and status). */
+  get leftovers(): number {
+    return this.#leftovers.size;
+  }
+
+  /** Resigns every campaign (releasing its lock at once), then stops the query and the timers. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    const all = [...this.#groups.values()].flatMap((s) => [...s]);
+    await Promise.all(all.map((c) => c.resign()));
+    this.#stopQuery();
+    this.#abort.abort();
+    await this.#cleanup;
+    await this.#persist();
+  }
+
+  /**
+   * Starts a contender for `group` on behalf of service `serviceId`, with the caller's credentials for
+   * every write it makes. Throws on a bad group name, or (503) when the budget has no room for the
+   * leaders query. Its events start asynchronously, after this returns.
+   */
+  campaign(group: string, serviceId: string, call: CallOptions, events: CampaignEvents): Campaign {
+    if (this.#closed) throw new ShuttingDownError();
+    if (!isValidName(group)) throw new InvalidNameError('group', group);
+    const query = this.#ensureQuery();
+    const c = new Campaign(group, serviceId, call, this.#context(), events);
+    let set = this.#groups.get(group);
+    if (!set) {
+      set = new Set();
+      this.#groups.set(group, set);
+    }
+    set.add(c);
+    if (query.hasValue) {
+      const entries = query.current ?? [];
+      queueMicrotask(() => c.update(entries.find((e) => e.key === c.key)));
+    }
+    this.#ensureRenewal();
+    return c;
+  }
+
+  /**
+   * The group's leader as Consul has it now: a consistent read of the lock, and its holder's session
+   * checked to exist (a lock held by a session Consul no longer has is no leader).
+   */
+  async leader(group: string): Promise<LeaderInfo | null> {
+    if (!isValidName(group)) throw new InvalidNameError('group', group);
+    const r = await this.#o.consul.kvGet(`${LEADER_PREFIX}${group}`);
+    const info = leaderInfo(group, r.value);
+    if (!info || !r.value?.session) return null;
+    return (await this.#o.consul.sessionExists(r.value.session)) ? info : null;
+  }
+
+  #context(): CampaignContext {
+    return {
+      consul: this.#o.consul,
+      nodeName: this.#o.nodeName,
+      sidecarId: this.#o.sidecarId,
+      lockDelayMs: this.#o.lockDelayMs,
+      sessionTtlMs: this.#o.sessionTtlMs,
+      createSession: async (c) => {
+        const id = await this.#o.consul.sessionCreate(
+          {
+            name: `tandem election ${c.group} (${c.serviceId})`,
+            checks: ['serfHealth', `service:${c.serviceId}`],
+            lockDelayMs: this.#o.lockDelayMs,
+            behavior: 'release',
+            ttlMs: this.#o.sessionTtlMs,
+          },
+          c.call,
+        );
+        this.#live.set(id, c.key);
+        // Written down before the session can take a lock; a failed write keeps it from campaigning.
+        try {
+          await this.#persist();
+        } catch (err) {
+          this.#live.delete(id);
+          await this.#o.consul.sessionDestroy(id, c.call).catch(() => undefined);
+          throw err;
         }
-        if (!holder && !this.#leader) {
-          const value = JSON.stringify({ serviceId: this.serviceId, node: this.#o.nodeName, sidecar: this.#o.sidecarId(), since: Date.now() });
-          if (await this.#o.consul.kvPut(this.key, value, { acquire: this.#session })) {
-            const mine = await this.#o.consul.kvGet(this.key);
-            if (mine.value?.session === this.#session) {
-              this.#leader = true;
-              const v = JSON.parse(mine.value.value) as Omit<LeaderInfo, 'group' | 'token'>;
-              this.#events.promoted({ group: this.group, ...v, token: mine.value.modifyIndex });
-            }
-            index = 0;
-          } else {
-            // Lock-delay after an invalidated session: try again shortly.
-            await sleep(Math.min(1000, this.#o.lockDelayMs || 250), undefined, { signal }).catch(() => undefined);
-            index = 0;
-          }
+        return id;
+      },
+      forgetSession: (id) => {
+        if (this.#live.delete(id)) void this.#persist().catch((err: unknown) => this.#o.logger.warn({ err: errSummary(err) }, 'could not write the election sessions'));
+      },
+      keepSession: (id) => {
+        const key = this.#live.get(id);
+        this.#live.delete(id);
+        if (key !== undefined) this.#leftovers.set(id, key);
+      },
+      onResigned: (c) => {
+        const set = this.#groups.get(c.group);
+        set?.delete(c);
+        if (set?.size === 0) this.#groups.delete(c.group);
+        if (this.#groups.size === 0) this.#stopQuery();
+      },
+    };
+  }
+
+  #ensureQuery(): BlockingQuery<KvEntry[]> {
+    if (this.#query) return this.#query;
+    const query = new BlockingQuery<KvEntry[]>({
+      name: `kv:${LEADER_PREFIX}`,
+      fetch: (q) => this.#o.consul.kvList(LEADER_PREFIX, q),
+      waitMs: this.#o.waitMs,
+      maxBackoffMs: this.#o.maxBackoffMs,
+      budget: this.#o.consul.budget,
+      kind: 'reserved',
+      onFailing: (failing, err) => {
+        if (failing) this.#o.logger.warn({ err: errSummary(err) }, 'leaders watch failed; retrying');
+      },
+    });
+    query.subscribe((entries) => {
+      const byKey = new Map(entries.map((e) => [e.key, e]));
+      for (const set of this.#groups.values()) for (const c of set) c.update(byKey.get(c.key));
+    });
+    this.#query = query;
+    return query;
+  }
+
+  #stopQuery(): void {
+    this.#query?.close();
+    this.#query = undefined;
+    if (this.#renewTimer) clearInterval(this.#renewTimer);
+    this.#renewTimer = undefined;
+  }
+
+  /** One timer renews every live session every TTL/3: two renewals can fail before Consul's TTL runs out. */
+  #ensureRenewal(): void {
+    if (this.#renewTimer) return;
+    this.#renewTimer = setInterval(() => {
+      const all = [...this.#groups.values()].flatMap((s) => [...s]);
+      void Promise.allSettled(all.map((c) => c.renew())).then((results) => {
+        const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+        if (failed && !this.#renewFailing) this.#o.logger.warn({ err: errSummary(failed.reason) }, 'could not renew election sessions (Consul did not answer); retrying');
+        this.#renewFailing = failed !== undefined;
+      });
+    }, Math.floor(this.#o.sessionTtlMs / 3));
+    this.#renewTimer.unref();
+  }
+
+  #persist(): Promise<void> {
+    const sessions: StoredSession[] = [...this.#leftovers, ...this.#live].map(([id, key]) => ({ id, key }));
+    return this.#o.store.save(SESSIONS_FILE, { sessions });
+  }
+
+  /**
+   * Releases the locks of the previous run's sessions (no lock-delay, unlike invalidation) and
+   * destroys them. Retried while Consul does not answer, until Consul has surely expired them anyway.
+   */
+  async #destroyLeftovers(): Promise<void> {
+    const giveUpAt = Date.now() + 2 * this.#o.sessionTtlMs + 60_000;
+    for (let attempt = 1; this.#leftovers.size > 0 && !this.#abort.signal.aborted && Date.now() < giveUpAt; attempt++) {
+      for (const [id, key] of [...this.#leftovers]) {
+        try {
+          await this.#o.consul.kvPut(key, '', { release: id });
+          await this.#o.consul.sessionDestroy(id);
+          this.#leftovers.delete(id);
+          this.#o.logger.info({ session: id, key }, 'released and destroyed an election session of the previous run');
+        } catch (err) {
+          if (attempt === 1) this.#o.logger.warn({ session: id, err: errSummary(err) }, 'could not destroy an election session of the previous run; retrying');
         }
-      } catch (err) {
-        if (signal.aborted) return;
-        failures++;
-        const msg = errSummary(err).message;
-        if (/Check 'service:.*' is in critical state|invalid check|Missing check/i.test(msg) || /session/i.test(msg)) this.#session = undefined;
-        if (failures === 1) this.#events.error(msg);
-        await sleep(Math.min(100 * 2 ** failures, 3000) * (0.5 + Math.random() / 2), undefined, { signal }).catch(() => undefined);
       }
+      await this.#persist().catch(() => undefined);
+      if (this.#leftovers.size > 0) await sleepUnlessAborted(backoffDelay(attempt, { baseMs: 500, maxMs: 10_000 }), this.#abort.signal);
     }
-  }
-}
-
-/** The current leader of a group, read from its lock key. */
-export async function currentLeader(consul: ConsulClient, group: string): Promise<LeaderInfo | null> {
-  const r = await consul.kvGet(`${LEADER_PREFIX}${group}`);
-  if (!r.value?.session || r.value.value === '') return null;
-  try {
-    const v = JSON.parse(r.value.value) as Omit<LeaderInfo, 'group' | 'token'>;
-    return { group, ...v, token: r.value.modifyIndex };
-  } catch {
-    return null;
+    if (this.#leftovers.size > 0 && Date.now() >= giveUpAt) {
+      this.#leftovers.clear();
+      await this.#persist().catch(() => undefined);
+    }
   }
 }

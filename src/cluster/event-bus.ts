@@ -1,156 +1,76 @@
-// Cluster pub/sub on Consul KV: events are keys `tandem/events/<topic>/<publisher>/<seq>`, read with blocking queries.
-import { setTimeout as sleep } from 'node:timers/promises';
+// Cluster pub/sub on Consul KV: events are keys `tandem/events/<topic>/<publisher>/<seq>`; every topic shares one blocking query.
 import type { Logger } from 'pino';
 import type { TandemEvent } from '../protocol/wire.ts';
-import type { ConsulClient } from '../consul/consul-client.ts';
-import { errSummary, TandemError } from '../common/errors.ts';
+import { backoffDelay } from '../consul/backoff.ts';
+import { BlockingQuery } from '../consul/blocking-query.ts';
+import type { CallOptions, ConsulClient } from '../consul/consul-client.ts';
+import { errSummary, ShuttingDownError, TandemError } from '../common/errors.ts';
+import { encodeEvent, EVENT_PREFIX, eventKey, isFromTheFuture, parseEventKey, TopicFeed, type Cursor, type EventKey, type FeedSubscriber } from './event-feed.ts';
+import { InvalidNameError, isValidName } from './names.ts';
 
-export const EVENT_PREFIX = 'tandem/events/';
-export const TOPIC_PATTERN = '^[A-Za-z0-9_.-]{1,128}$';
-const TOPIC = new RegExp(TOPIC_PATTERN);
-const SEQ_DIGITS = 16;
-
-export type { TandemEvent };
-
-/** Where a subscriber is: the last seq seen per publisher. Publishers not listed: everything retained. */
-export type Cursor = Record<string, number>;
+export { EVENT_PREFIX };
+export type { Cursor, FeedSubscriber, TandemEvent };
 
 export interface EventBusOptions {
   consul: ConsulClient;
   logger: Logger;
   retentionMs: number;
   waitMs: number;
+  maxBackoffMs: number;
 }
 
-function parseKey(key: string): { topic: string; publisher: string; seq: number } | undefined {
-  const parts = key.slice(EVENT_PREFIX.length).split('/');
-  if (parts.length !== 3) return undefined;
-  const [topic, publisher, seq] = parts as [string, string, string];
-  const n = Number(seq);
-  return Number.isSafeInteger(n) ? { topic, publisher, seq: n } : undefined;
-}
-
-interface Subscriber {
-  cursor: Cursor;
-  deliver: (e: TandemEvent) => void;
-}
-
-/** One topic's feed on this sidecar: a blocking watch of its keys, the retained events, the local subscribers. */
-class TopicFeed {
-  readonly topic: string;
-  readonly subscribers = new Set<Subscriber>();
-  /** Retained events by key, in key order once sorted (publisher, then zero-padded seq). */
-  events = new Map<string, TandemEvent>();
-  #loaded: Promise<void>;
-  #markLoaded!: () => void;
-  #abort = new AbortController();
-  #o: EventBusOptions;
-
-  constructor(topic: string, o: EventBusOptions) {
-    this.topic = topic;
-    this.#o = o;
-    this.#loaded = new Promise((r) => (this.#markLoaded = r));
-    void this.#loop();
-  }
-
-  /** Resolves once the retained events have been read once. */
-  loaded(): Promise<void> {
-    return this.#loaded;
-  }
-
-  stop(): void {
-    this.#abort.abort();
-  }
-
-  /** The cursor that makes a new subscriber see only what is published from now on. */
-  headCursor(): Cursor {
-    const c: Cursor = {};
-    for (const e of this.events.values()) if ((c[e.publisher] ?? 0) < e.seq) c[e.publisher] = e.seq;
-    return c;
-  }
-
-  /** Sends `sub` every retained event past its cursor, each publisher's in order. */
-  backlog(sub: Subscriber): void {
-    for (const e of this.#ordered([...this.events.values()])) this.#offer(sub, e);
-  }
-
-  #offer(sub: Subscriber, e: TandemEvent): void {
-    if (e.seq <= (sub.cursor[e.publisher] ?? 0)) return;
-    sub.cursor[e.publisher] = e.seq;
-    sub.deliver(e);
-  }
-
-  #ordered(list: TandemEvent[]): TandemEvent[] {
-    return list.sort((a, b) => (a.publisher < b.publisher ? -1 : a.publisher > b.publisher ? 1 : a.seq - b.seq));
-  }
-
-  async #loop(): Promise<void> {
-    const prefix = `${EVENT_PREFIX}${this.topic}/`;
-    const signal = this.#abort.signal;
-    let index = 0;
-    let failures = 0;
-    while (!signal.aborted) {
-      let keys: string[];
-      try {
-        const r = await this.#o.consul.kvKeys(prefix, { index, waitMs: this.#o.waitMs, signal });
-        index = r.index < index ? 0 : Math.max(r.index, 1);
-        keys = r.value;
-        failures = 0;
-      } catch (err) {
-        if (signal.aborted) return;
-        if (failures++ === 0) this.#o.logger.warn({ topic: this.topic, err: errSummary(err) }, 'event feed failed; retrying');
-        await sleep(Math.min(100 * 2 ** failures, 5000) * (0.5 + Math.random() / 2), undefined, { signal }).catch(() => undefined);
-        continue;
-      }
-      const present = new Set(keys);
-      for (const k of this.events.keys()) if (!present.has(k)) this.events.delete(k);
-      const fresh = keys.filter((k) => !this.events.has(k));
-      const got = await this.#fetch(fresh, signal);
-      for (const [key, e] of got) this.events.set(key, e);
-      const added = this.#ordered(got.map(([, e]) => e));
-      this.#markLoaded();
-      for (const e of added) for (const sub of this.subscribers) this.#offer(sub, e);
-    }
-  }
-
-  async #fetch(keys: string[], signal: AbortSignal): Promise<[string, TandemEvent][]> {
-    const out: [string, TandemEvent][] = [];
-    for (let i = 0; i < keys.length && !signal.aborted; i += 16) {
-      const batch = await Promise.all(
-        keys.slice(i, i + 16).map(async (key) => {
-          const parsed = parseKey(key);
-          if (!parsed) return undefined;
-          try {
-            const r = await this.#o.consul.kvGet(key);
-            if (!r.value) return undefined; // deleted meanwhile (retention)
-            const body = JSON.parse(r.value.value) as { ts: number; payload: unknown };
-            const e: TandemEvent = { id: `${parsed.publisher}:${parsed.seq}`, topic: parsed.topic, publisher: parsed.publisher, seq: parsed.seq, ts: body.ts, payload: body.payload };
-            return [key, e] as [string, TandemEvent];
-          } catch (err) {
-            this.#o.logger.warn({ key, err: errSummary(err) }, 'could not read an event');
-            return undefined;
-          }
-        }),
-      );
-      for (const e of batch) if (e) out.push(e);
-    }
-    return out;
-  }
-}
-
-export class InvalidTopicError extends TandemError {
+/** The CAS write did not store the event (its key already existed): nothing was published. */
+export class EventNotStoredError extends TandemError {
   constructor(topic: string) {
-    super('TANDEM_ERR_INVALID_TOPIC', 400, `'${topic.slice(0, 140)}' is not a topic: letters, digits, '_', '.', '-', at most 128`);
+    super('TANDEM_ERR_EVENT_NOT_STORED', 409, `the event on '${topic}' was not stored: Consul refused the write because its key already exists; publish it again`);
   }
 }
 
+export interface Subscription {
+  /** Stops delivery; the last subscription of the bus also ends its Consul query. Idempotent. */
+  close(): void;
+}
+
+/** What the bus holds right now (for status and tests): all zero/false when no one listens. */
+export interface EventBusStats {
+  topics: number;
+  subscribers: number;
+  watching: boolean;
+  retryScheduled: boolean;
+}
+
+/** The one query on the events prefix, alive while at least one topic has a subscriber. */
+interface Watch {
+  query: BlockingQuery<string[]>;
+  /** Cancels the value reads of this watch's syncs. */
+  abort: AbortController;
+  keys: string[] | undefined;
+}
+
+/**
+ * Events for every topic come from one blocking query on `tandem/events/` (a reserved lease of the
+ * connection budget), fanned out per topic in memory: 230 topics cost what one does, and a topic no one
+ * listens to costs nothing — its values are never read. The query exists only while someone listens.
+ *
+ * Trust on read: a key's value must name the key's publisher and seq; a seq further in the future than
+ * clock skew explains is ignored and deleted (so one forged key cannot silence a publisher); an event
+ * whose read failed holds back that publisher's later ones until a retry reads it.
+ */
 export class EventBus {
   #o: EventBusOptions;
   #feeds = new Map<string, TopicFeed>();
+  #watch: Watch | undefined;
+  #dirty = false;
+  #syncing = false;
+  #retryTimer: NodeJS.Timeout | undefined;
+  #retryAttempt = 0;
+  /** Future-seq keys being (or already) deleted, so each is dealt with once. */
+  #discarded = new Set<string>();
   #lastSeq = 0;
   #publishing = new Map<string, Promise<unknown>>();
   #cleaner: NodeJS.Timeout | undefined;
   #publisherId = '';
+  #closed = false;
 
   constructor(opts: EventBusOptions) {
     this.#o = opts;
@@ -164,22 +84,32 @@ export class EventBus {
   }
 
   close(): void {
+    this.#closed = true;
     if (this.#cleaner) clearInterval(this.#cleaner);
-    for (const f of this.#feeds.values()) f.stop();
     this.#feeds.clear();
+    this.#stopWatch();
   }
 
-  /** Stores one event; one publisher's events commit in seq order (publishes to a topic are serialised). */
-  publish(topic: string, payload: unknown): Promise<TandemEvent> {
-    if (!TOPIC.test(topic)) throw new InvalidTopicError(topic);
+  stats(): EventBusStats {
+    let subscribers = 0;
+    for (const f of this.#feeds.values()) subscribers += f.size;
+    return { topics: this.#feeds.size, subscribers, watching: this.#watch !== undefined, retryScheduled: this.#retryTimer !== undefined };
+  }
+
+  /**
+   * Stores one event with the caller's credentials; one publisher's events on a topic commit in seq
+   * order. Throws EventNotStoredError (409) when Consul did not store it.
+   */
+  publish(topic: string, payload: unknown, call?: CallOptions): Promise<TandemEvent> {
+    if (!isValidName(topic)) throw new InvalidNameError('topic', topic);
     const prev = this.#publishing.get(topic) ?? Promise.resolve();
     const next = prev.then(async () => {
       const ts = Date.now();
       // Time-based and strictly increasing: a restarted sidecar (same id) continues above its old events.
       const seq = Math.max(this.#lastSeq + 1, ts * 1000);
       this.#lastSeq = seq;
-      const key = `${EVENT_PREFIX}${topic}/${this.#publisherId}/${String(seq).padStart(SEQ_DIGITS, '0')}`;
-      await this.#o.consul.kvPut(key, JSON.stringify({ ts, payload }), { cas: 0 });
+      const stored = await this.#o.consul.kvPut(eventKey(topic, this.#publisherId, seq), encodeEvent(this.#publisherId, seq, ts, payload), { cas: 0 }, call);
+      if (!stored) throw new EventNotStoredError(topic);
       return { id: `${this.#publisherId}:${seq}`, topic, publisher: this.#publisherId, seq, ts, payload };
     });
     const tail = next.catch(() => undefined);
@@ -191,44 +121,154 @@ export class EventBus {
   }
 
   /**
-   * Delivers every event of `topic` past `cursor` (undefined: from now on), retained ones first.
-   * Returns the starting cursor (to hand to the subscriber) and the function that stops it.
+   * Delivers every event of `topic` past `cursor` (undefined: from now on), retained ones first:
+   * `handlers.start` gets the starting cursor once the topic's retained events are read, then `event`
+   * each event. No handler runs before this returns. Throws on a bad topic, or (503) when the
+   * connection budget has no room for the events query.
    */
-  async subscribe(topic: string, cursor: Cursor | undefined, deliver: (e: TandemEvent) => void): Promise<{ cursor: Cursor; close: () => void }> {
-    if (!TOPIC.test(topic)) throw new InvalidTopicError(topic);
+  subscribe(topic: string, cursor: Cursor | undefined, handlers: FeedSubscriber): Subscription {
+    if (this.#closed) throw new ShuttingDownError();
+    if (!isValidName(topic)) throw new InvalidNameError('topic', topic);
+    this.#ensureWatch();
     let feed = this.#feeds.get(topic);
     if (!feed) {
-      feed = new TopicFeed(topic, this.#o);
+      feed = new TopicFeed(topic);
       this.#feeds.set(topic, feed);
     }
     const f = feed;
-    await f.loaded();
-    const sub: Subscriber = { cursor: { ...(cursor ?? f.headCursor()) }, deliver };
-    const start = { ...sub.cursor };
-    f.backlog(sub);
-    f.subscribers.add(sub);
+    const remove = f.add(handlers, cursor);
+    if (!f.loaded) this.#kick();
+    let open = true;
     return {
-      cursor: start,
       close: () => {
-        f.subscribers.delete(sub);
-        if (f.subscribers.size === 0 && this.#feeds.get(topic) === f) {
-          f.stop();
-          this.#feeds.delete(topic);
-        }
+        if (!open) return;
+        open = false;
+        remove();
+        if (f.size === 0 && this.#feeds.get(topic) === f) this.#feeds.delete(topic);
+        if (this.#feeds.size === 0) this.#stopWatch();
       },
     };
   }
 
-  /** Deletes this publisher's events past retention, and anyone's past twice the retention. */
+  #ensureWatch(): void {
+    if (this.#watch) return;
+    const query = new BlockingQuery<string[]>({
+      name: `kv:${EVENT_PREFIX}`,
+      fetch: (q) => this.#o.consul.kvKeys(EVENT_PREFIX, q),
+      waitMs: this.#o.waitMs,
+      maxBackoffMs: this.#o.maxBackoffMs,
+      budget: this.#o.consul.budget,
+      kind: 'reserved',
+      onFailing: (failing, err) => {
+        if (failing) this.#o.logger.warn({ err: errSummary(err) }, 'event watch failed; retrying');
+        else this.#o.logger.info('event watch answers again');
+      },
+    });
+    const watch: Watch = { query, abort: new AbortController(), keys: undefined };
+    // Throws (nothing started) when the budget has no room.
+    query.subscribe((keys) => {
+      watch.keys = keys;
+      this.#kick();
+    });
+    this.#watch = watch;
+  }
+
+  /** Ends the query (aborting its request in flight), the value reads and the retry timer. */
+  #stopWatch(): void {
+    const w = this.#watch;
+    this.#watch = undefined;
+    if (!w) return;
+    w.query.close();
+    w.abort.abort();
+    if (this.#retryTimer) clearTimeout(this.#retryTimer);
+    this.#retryTimer = undefined;
+    this.#retryAttempt = 0;
+    this.#discarded.clear();
+  }
+
+  /** Brings every feed up to the latest key list; runs one sync at a time, again when asked meanwhile. */
+  #kick(): void {
+    this.#dirty = true;
+    if (!this.#syncing) void this.#syncLoop();
+  }
+
+  async #syncLoop(): Promise<void> {
+    this.#syncing = true;
+    try {
+      while (this.#dirty) {
+        this.#dirty = false;
+        const w = this.#watch;
+        if (!w?.keys) break;
+        await this.#syncAll(w, w.keys);
+      }
+    } catch (err) {
+      this.#o.logger.warn({ err: errSummary(err) }, 'event delivery failed');
+    } finally {
+      this.#syncing = false;
+    }
+  }
+
+  async #syncAll(w: Watch, keys: readonly string[]): Promise<void> {
+    const now = Date.now();
+    const byTopic = new Map<string, EventKey[]>();
+    const present = new Set<string>();
+    for (const key of keys) {
+      const k = parseEventKey(key);
+      if (!k || !this.#feeds.has(k.topic)) continue;
+      present.add(key);
+      if (isFromTheFuture(k, now)) {
+        this.#discard(k);
+        continue;
+      }
+      const list = byTopic.get(k.topic);
+      if (list) list.push(k);
+      else byTopic.set(k.topic, [k]);
+    }
+    for (const key of this.#discarded) if (!present.has(key)) this.#discarded.delete(key);
+    let failing = 0;
+    for (const feed of [...this.#feeds.values()]) {
+      if (w.abort.signal.aborted) return;
+      const rejected = await feed.sync(byTopic.get(feed.topic) ?? [], (key) => this.#read(key, w.abort.signal));
+      for (const key of rejected) this.#o.logger.warn({ key }, 'ignoring an event whose stored value does not match its key (publisher and seq)');
+      failing += feed.failedReads;
+    }
+    if (this.#watch !== w) return;
+    if (failing === 0) {
+      this.#retryAttempt = 0;
+      return;
+    }
+    // Failed reads are retried from the same key list: later events of their publishers wait for them.
+    if (this.#retryTimer) return;
+    this.#retryTimer = setTimeout(() => {
+      this.#retryTimer = undefined;
+      this.#kick();
+    }, backoffDelay(++this.#retryAttempt, { baseMs: 200, maxMs: this.#o.maxBackoffMs }));
+    this.#retryTimer.unref();
+  }
+
+  async #read(key: string, signal: AbortSignal): Promise<string | undefined> {
+    const r = await this.#o.consul.kvGet(key, { signal });
+    return r.value ? r.value.value : undefined;
+  }
+
+  /** A key whose seq is in the future: never delivered, and deleted so that it stops nobody. */
+  #discard(k: EventKey): void {
+    if (this.#discarded.has(k.key)) return;
+    this.#discarded.add(k.key);
+    this.#o.logger.warn({ key: k.key }, 'deleting an event whose seq is further in the future than clock skew explains');
+    this.#o.consul.kvDelete(k.key).catch((err: unknown) => this.#o.logger.warn({ key: k.key, err: errSummary(err) }, 'could not delete a future event'));
+  }
+
+  /** Deletes this publisher's events past retention, anyone's past twice the retention, and future ones. */
   async #clean(): Promise<void> {
     try {
       const { value: keys } = await this.#o.consul.kvKeys(EVENT_PREFIX, { index: 0, waitMs: 0 });
-      const now = Date.now() * 1000;
+      const nowMs = Date.now();
       for (const key of keys) {
-        const p = parseKey(key);
+        const p = parseEventKey(key);
         if (!p) continue;
-        const ageMs = (now - p.seq) / 1000;
-        if ((p.publisher === this.#publisherId && ageMs > this.#o.retentionMs) || ageMs > 2 * this.#o.retentionMs) await this.#o.consul.kvDelete(key);
+        const ageMs = nowMs - p.seq / 1000;
+        if (isFromTheFuture(p, nowMs) || (p.publisher === this.#publisherId && ageMs > this.#o.retentionMs) || ageMs > 2 * this.#o.retentionMs) await this.#o.consul.kvDelete(key);
       }
     } catch (err) {
       this.#o.logger.warn({ err: errSummary(err) }, 'event retention clean-up failed');

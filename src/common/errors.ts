@@ -53,6 +53,36 @@ export class UnauthorizedError extends TandemError {
   }
 }
 
+/** ACLs are on and a control-API write came with neither the caller's Consul token nor `api.token`. */
+export class CredentialsRequiredError extends TandemError {
+  constructor() {
+    super(
+      'TANDEM_ERR_CREDENTIALS_REQUIRED',
+      401,
+      'the Consul agent enforces ACLs, so this write needs a credential: your own Consul token in X-Consul-Token (Tandem makes the write with it; ' +
+        'the SDK and the tandem CLI send it from CONSUL_HTTP_TOKEN, so set that), or configure api.token on the sidecar and send Authorization: Bearer <api.token>',
+    );
+  }
+}
+
+/** Consul answered 403 to a write made with the caller's own token (X-Consul-Token): Consul's ACLs said no. */
+export class CallerTokenRefusedError extends TandemError {
+  constructor(action: string, detail: string) {
+    super(
+      'TANDEM_ERR_CONSUL_PERMISSION_DENIED',
+      403,
+      `Consul refused to ${action} with the caller's own ACL token (X-Consul-Token): ${detail}. Tandem made this write with that token, so Consul's ACLs decided; use a token whose policy allows it (the SDK and CLI send CONSUL_HTTP_TOKEN).`,
+    );
+  }
+}
+
+/** An app tried to register something only a sidecar may register (its name, tag or Meta namespace). */
+export class ReservedServiceError extends TandemError {
+  constructor(problem: string) {
+    super('TANDEM_ERR_RESERVED_SERVICE', 400, `cannot register this service: ${problem}`);
+  }
+}
+
 export class RouteNotFoundError extends TandemError {
   constructor(method: string, url: string) {
     super('TANDEM_ERR_ROUTE_NOT_FOUND', 404, `no control API route ${method} ${url}`);

@@ -55,7 +55,8 @@ export interface Config {
     broadcastTimeoutMs: number;
     broadcastMaxBodyBytes: number;
   };
-  api: { listen: string; token?: string; tokenFile?: string };
+  /** `maxStreams`: event streams (SSE) open at once on the control API, all routes together; beyond it 503. */
+  api: { listen: string; token?: string; tokenFile?: string; maxStreams: number };
   stateDir: string;
   services: ServiceSpec[];
   upstreams: string[];
@@ -70,8 +71,12 @@ export interface Config {
   };
   watch: { waitMs: number; idleMs: number; firstAnswerTimeoutMs: number; maxBackoffMs: number; maxServices: number };
   events: { retentionMs: number; maxPayloadBytes: number };
-  /** Consul's lock-delay for election sessions: how long a lock stays blocked after its holder's session is invalidated. */
-  elections: { lockDelayMs: number };
+  /**
+   * `lockDelayMs`: Consul's lock-delay for election sessions, how long a lock stays blocked after its
+   * holder's session is invalidated. `sessionTtlMs`: their TTL (Consul's minimum is 10 s), renewed by
+   * the sidecar every third of it, so a killed sidecar's sessions end on their own.
+   */
+  elections: { lockDelayMs: number; sessionTtlMs: number };
   drain: { deadlineMs: number };
   shutdownTimeoutMs: number;
   /** `access`: one log line per proxied request. */
@@ -162,8 +167,13 @@ export const configSchema = {
     api: {
       type: 'object',
       additionalProperties: false,
-      required: ['listen'],
-      properties: { listen: { type: 'string', pattern: LISTEN_PATTERN, description: 'host:port' }, token: { type: 'string', minLength: 16 }, tokenFile: { type: 'string', minLength: 1 } },
+      required: ['listen', 'maxStreams'],
+      properties: {
+        listen: { type: 'string', pattern: LISTEN_PATTERN, description: 'host:port' },
+        token: { type: 'string', minLength: 16 },
+        tokenFile: { type: 'string', minLength: 1 },
+        maxStreams: { type: 'integer', minimum: 1, maximum: 100_000 },
+      },
     },
     stateDir: { type: 'string', minLength: 1 },
     services: { type: 'array', items: serviceSpecRef, maxItems: 1000 },
@@ -199,7 +209,7 @@ export const configSchema = {
       required: ['retentionMs', 'maxPayloadBytes'],
       properties: { retentionMs: ms(10_000, 86_400_000), maxPayloadBytes: { type: 'integer', minimum: 1024, maximum: 262_144 } },
     },
-    elections: { type: 'object', additionalProperties: false, required: ['lockDelayMs'], properties: { lockDelayMs: ms(0, 60_000) } },
+    elections: { type: 'object', additionalProperties: false, required: ['lockDelayMs', 'sessionTtlMs'], properties: { lockDelayMs: ms(0, 60_000), sessionTtlMs: ms(10_000, 86_400_000) } },
     drain: { type: 'object', additionalProperties: false, required: ['deadlineMs'], properties: { deadlineMs: ms(0, 86_400_000) } },
     shutdownTimeoutMs: ms(0, 600_000),
     log: {
@@ -236,14 +246,14 @@ function defaults(): Config {
       broadcastTimeoutMs: 5000,
       broadcastMaxBodyBytes: 1_048_576,
     },
-    api: { listen: '127.0.0.1:7701' },
+    api: { listen: '127.0.0.1:7701', maxStreams: 1000 },
     stateDir: '.tandem',
     services: [],
     upstreams: [],
     registration: { syncIntervalMs: 2000, drainMs: 2000, checkIntervalMs: 10_000, checkTimeoutMs: 5000, ttlMs: 30_000 },
     watch: { waitMs: 55_000, idleMs: 300_000, firstAnswerTimeoutMs: 2000, maxBackoffMs: 10_000, maxServices: 100 },
     events: { retentionMs: 300_000, maxPayloadBytes: 65_536 },
-    elections: { lockDelayMs: 5000 },
+    elections: { lockDelayMs: 5000, sessionTtlMs: 10_000 },
     drain: { deadlineMs: 30_000 },
     shutdownTimeoutMs: 15_000,
     log: { level: 'info', access: false },
@@ -434,13 +444,17 @@ export function parseListen(listen: string): ListenAddress {
 
 /**
  * Where the operator commands find a sidecar: the flag, else TANDEM_API, else the default; the API
- * token from TANDEM_API_TOKEN(_FILE).
+ * token from TANDEM_API_TOKEN(_FILE); the operator's own Consul token from CONSUL_HTTP_TOKEN(_FILE),
+ * which the sidecar uses for the operator's writes (drain, undrain).
  */
-export function apiUrlFrom(flag: string | undefined, env: Readonly<Record<string, string | undefined>> = process.env): { url: string; token?: string } {
+export function apiUrlFrom(flag: string | undefined, env: Readonly<Record<string, string | undefined>> = process.env): { url: string; token?: string; consulToken?: string } {
   const raw = flag ?? env['TANDEM_API'] ?? '127.0.0.1:7701';
   const url = (/^[a-z]+:\/\//i.test(raw) ? raw : `http://${raw}`).replace(/\/+$/, '');
   let token = env['TANDEM_API_TOKEN'];
   const file = env['TANDEM_API_TOKEN_FILE'];
   if (!token && file) token = readFileSync(file, 'utf8').trim();
-  return token ? { url, token } : { url };
+  let consulToken = env['CONSUL_HTTP_TOKEN']?.trim();
+  const consulFile = env['CONSUL_HTTP_TOKEN_FILE'];
+  if (!consulToken && consulFile) consulToken = readFileSync(consulFile, 'utf8').trim();
+  return { url, ...(token ? { token } : {}), ...(consulToken ? { consulToken } : {}) };
 }

@@ -25,7 +25,7 @@ export interface ConsulClientOptions {
   maxStaleMs?: number | undefined;
   /** Most connections open to any one agent (Consul allows 200 per client IP). Default 120. */
   maxConnections?: number | undefined;
-  /** Blocking-query room kept for the sidecar's own watches (drain, names, events, elections, upstreams). */
+  /** Blocking-query room kept for the sidecar's own watches (drain, names, events, elections, upstreams). Default min(16, a quarter of the watch room). */
   reservedWatches?: number | undefined;
 }
 
@@ -87,7 +87,8 @@ export class ConsulClient {
     // Short calls (registrations, heartbeats, KV writes) rarely overlap much: an eighth, at least 4.
     this.callConnections = Math.max(4, Math.floor(this.maxConnections / 8));
     const watchCapacity = Math.max(1, this.maxConnections - this.callConnections);
-    this.budget = new ConnectionBudget({ capacity: watchCapacity, reserved: Math.min(watchCapacity, opts.reservedWatches ?? 16) });
+    // Reserved room: 16 watches, but never more than a quarter of a small budget (shared watches need room too).
+    this.budget = new ConnectionBudget({ capacity: watchCapacity, reserved: Math.min(watchCapacity, opts.reservedWatches ?? Math.min(16, Math.floor(watchCapacity / 4))) });
     const defaults: Record<string, string> = {};
     // The token goes only into this header default; it is never logged or put in an error.
     if (opts.token) defaults['token'] = opts.token;
@@ -159,7 +160,8 @@ export class ConsulClient {
       advertiseAddress: body.Config?.AdvertiseAddr ?? body.Member?.Addr ?? '127.0.0.1',
       datacenter: body.Config?.Datacenter ?? '',
       version: body.Config?.Version ?? '',
-      aclsEnabled: body.DebugConfig?.ACLsEnabled === true,
+      // Verified on Consul 1.8.7: DebugConfig.ACLsEnabled is true/false as configured. An agent that does not say is "unknown", never "off".
+      aclsEnabled: typeof body.DebugConfig?.ACLsEnabled === 'boolean' ? body.DebugConfig.ACLsEnabled : undefined,
     };
   }
 

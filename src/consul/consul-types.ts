@@ -29,8 +29,8 @@ export interface AgentSelf {
   advertiseAddress: string;
   datacenter: string;
   version: string;
-  /** The agent enforces ACLs: control-API writes then need the caller's own credentials. */
-  aclsEnabled: boolean;
+  /** The agent enforces ACLs: control-API writes then need the caller's own credentials. Undefined when the agent does not say. */
+  aclsEnabled: boolean | undefined;
 }
 
 export interface LocalService {

@@ -11,6 +11,9 @@ export class ConsulUnavailableError extends TandemError {
 
 /** Consul answered 403: the ACL token lacks a permission. */
 export class ConsulPermissionError extends TandemError {
+  /** What was refused and Consul's words, so a caller's own refused token can be named (control API). */
+  readonly action: string;
+  readonly detail: string;
   constructor(action: string, detail: string, options?: { cause?: unknown }) {
     super(
       'TANDEM_ERR_CONSUL_PERMISSION_DENIED',
@@ -18,6 +21,8 @@ export class ConsulPermissionError extends TandemError {
       `Consul refused to ${action}: the ACL token lacks permission (${detail}). Set CONSUL_HTTP_TOKEN or CONSUL_HTTP_TOKEN_FILE to a token with the Tandem policy.`,
       options,
     );
+    this.action = action;
+    this.detail = detail;
   }
 }
 

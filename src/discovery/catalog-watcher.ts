@@ -1,10 +1,15 @@
-// Watches services in Consul with blocking queries and feeds the proxy reset/add/remove updates (an EndpointSource).
+// Watches services in Consul and feeds the proxy reset/add/remove updates (an EndpointSource): one blocking query per service while the budget has room, the shared change detector beyond it.
 import semver from 'semver';
 import type { Logger } from 'pino';
-import type { Endpoint, EndpointSource, Subscription, Update } from '../proxy/endpoint-source.ts';
-import type { ConsulClient, HealthEntry } from '../consul/consul-client.ts';
+import type { EndpointSource, SubscribeOptions, Subscription, Update } from '../proxy/endpoint-source.ts';
+import type { ConsulClient } from '../consul/consul-client.ts';
+import { BlockingQuery } from '../consul/blocking-query.ts';
+import { ConsulBudgetExhaustedError } from '../consul/errors.ts';
 import type { StateStore } from '../common/state-store.ts';
 import { errSummary } from '../common/errors.ts';
+import { ChangeDetector, type DetectorStats } from './change-detector.ts';
+import { ServiceNames } from './service-names.ts';
+import { ServiceView, type HealthAnswer, type ViewHooks } from './service-view.ts';
 
 export interface CatalogWatcherOptions {
   consul: ConsulClient;
@@ -22,6 +27,8 @@ export interface CatalogWatcherOptions {
    * replace a non-empty view for this long: the instances' sidecars are re-registering them.
    */
   emptyGraceMs?: number;
+  /** Non-blocking reads in flight at once for the services the shared change detector serves. Default 8. */
+  detectorConcurrency?: number;
 }
 
 export interface WatchStats {
@@ -33,6 +40,8 @@ export interface WatchStats {
   /** The view is not confirmed by Consul right now (outage, or loaded from disk). */
   stale: boolean;
   lastError?: string;
+  /** A blocking query of its own, or the shared change detector (no room left in the connection budget). */
+  via: 'watch' | 'detector';
 }
 
 interface PersistedView {
@@ -41,150 +50,51 @@ interface PersistedView {
 }
 
 const VIEW_FILE = 'catalog-view';
+/** How soon an empty answer held back in the grace time is asked again. */
+const RECHECK_MS = 250;
 
-type Listener = (u: Update) => void;
-
-interface WatchHooks {
-  failing(w: ServiceWatch, failing: boolean): void;
-  changed(w: ServiceWatch): void;
-  persisted(service: string): { savedAt: number; endpoints: Endpoint[] } | undefined;
-}
-
-function toEndpoint(e: HealthEntry): Endpoint {
-  const version = e.meta['version'] ?? '';
-  const parsed = version === '' ? null : semver.parse(version);
-  return { id: e.id, service: e.name, address: e.address, port: e.port, version, semver: parsed, node: e.node, healthy: e.status === 'passing' };
-}
-
-function same(a: Endpoint, b: Endpoint): boolean {
-  return a.address === b.address && a.port === b.port && a.version === b.version && a.healthy === b.healthy && a.node === b.node;
-}
-
-/** One service's blocking-query loop, shared by every subscriber of that service. */
-class ServiceWatch {
-  readonly service: string;
-  readonly listeners = new Set<Listener>();
-  current: Map<string, Endpoint> | undefined;
-  index = 0;
-  lastOkAt = 0;
-  consecutiveErrors = 0;
-  lastError: string | undefined;
-  fromDisk = false;
-  #emptyHoldUntil = 0;
-  #o: CatalogWatcherOptions;
-  #abort = new AbortController();
-  #hooks: WatchHooks;
-
-  constructor(service: string, o: CatalogWatcherOptions, hooks: WatchHooks) {
-    this.service = service;
-    this.#o = o;
-    this.#hooks = hooks;
-  }
-
-  start(): void {
-    void this.#loop();
-  }
-
-  stop(): void {
-    this.#abort.abort();
-  }
-
-  async #loop(): Promise<void> {
-    const signal = this.#abort.signal;
-    while (!signal.aborted) {
-      let result;
-      try {
-        // All instances, not only ?passing: the proxy must tell "unknown service" from "none healthy"
-        // and name the versions that exist; health is read from each instance's checks.
-        result = await this.#o.consul.healthService(this.service, { index: this.index, waitMs: this.#o.waitMs, passing: false, signal });
-      } catch (err) {
-        if (signal.aborted) return;
-        this.consecutiveErrors++;
-        this.lastError = errSummary(err).message;
-        if (this.consecutiveErrors === 1) {
-          this.#o.logger.warn({ service: this.service, err: errSummary(err) }, 'catalog watch failed; routing from the last good view');
-          this.#hooks.failing(this, true);
-          // Never seen Consul's answer for it: the view persisted by an earlier run is better than nothing.
-          const saved = this.current ? undefined : this.#hooks.persisted(this.service);
-          if (saved) {
-            this.fromDisk = true;
-            this.lastOkAt = saved.savedAt;
-            this.#publish(saved.endpoints);
-          }
-        }
-        // Jittered, capped exponential backoff: watchers of many services must not retry in lockstep.
-        const base = Math.min(100 * 2 ** Math.min(this.consecutiveErrors, 20), this.#o.maxBackoffMs);
-        await sleep(base / 2 + Math.random() * (base / 2), signal);
-        continue;
-      }
-      const recovering = this.consecutiveErrors > 0 || result.index < this.index;
-      if (this.consecutiveErrors > 0) {
-        this.#o.logger.info({ service: this.service }, 'catalog watch recovered');
-        this.#hooks.failing(this, false);
-      }
-      this.consecutiveErrors = 0;
-      this.lastError = undefined;
-      this.fromDisk = false;
-      this.lastOkAt = Date.now();
-      // Index rules: reset when it goes backwards (snapshot restore, agent loss); never below 1.
-      this.index = result.index < this.index ? 0 : Math.max(result.index, 1);
-      if (result.value.length === 0 && this.current && this.current.size > 0) {
-        if (recovering && this.#emptyHoldUntil === 0) this.#emptyHoldUntil = Date.now() + (this.#o.emptyGraceMs ?? 10_000);
-        if (Date.now() < this.#emptyHoldUntil) {
-          // Keep the last good view; ask again shortly (an index reset would otherwise not block).
-          await sleep(250, signal);
-          continue;
-        }
-      }
-      this.#emptyHoldUntil = 0;
-      if (this.#publish(result.value.map(toEndpoint))) this.#hooks.changed(this);
-    }
-  }
-
-  /** Compares with the last view and sends only what changed (a wake-up does not mean a change). */
-  #publish(endpoints: Endpoint[]): boolean {
-    const next = new Map(endpoints.map((e) => [e.id, e]));
-    const prev = this.current;
-    this.current = next;
-    if (!prev) {
-      this.#emit({ kind: 'reset', endpoints: [...next.values()] });
-      return true;
-    }
-    const added: Endpoint[] = [];
-    for (const [id, e] of next) {
-      const old = prev.get(id);
-      if (!old || !same(old, e)) added.push(e);
-    }
-    const removed = [...prev.keys()].filter((id) => !next.has(id));
-    if (removed.length > 0) this.#emit({ kind: 'remove', ids: removed });
-    if (added.length > 0) this.#emit({ kind: 'add', endpoints: added });
-    return removed.length > 0 || added.length > 0;
-  }
-
-  #emit(u: Update): void {
-    for (const l of this.listeners) l(u);
-  }
+/** One watched service: its view and whatever feeds it now. */
+interface Entry {
+  view: ServiceView;
+  /** Configured upstream: its own watch takes reserved room. */
+  reserved: boolean;
+  via: 'watch' | 'detector';
+  leave: () => void;
 }
 
 export class CatalogWatcher implements EndpointSource {
   #o: CatalogWatcherOptions;
-  #watches = new Map<string, ServiceWatch>();
+  #entries = new Map<string, Entry>();
   #saved = new Map<string, PersistedView>();
-  #failing = new Set<ServiceWatch>();
+  #failing = new Set<ServiceView>();
   #saveTimer: NodeJS.Timeout | undefined;
-  #hooks: WatchHooks;
+  #hooks: ViewHooks;
+  #names: ServiceNames;
+  #detector: ChangeDetector;
 
   constructor(opts: CatalogWatcherOptions) {
     this.#o = opts;
+    this.#names = new ServiceNames({ consul: opts.consul, logger: opts.logger, waitMs: opts.waitMs, maxBackoffMs: opts.maxBackoffMs });
+    this.#detector = new ChangeDetector({
+      consul: opts.consul,
+      waitMs: opts.waitMs,
+      maxBackoffMs: opts.maxBackoffMs,
+      concurrency: opts.detectorConcurrency ?? 8,
+      recheckMs: RECHECK_MS,
+      extraTrigger: (wake) => this.#names.onIndexChange(wake),
+      onWake: () => this.#promote(),
+    });
     this.#hooks = {
-      failing: (w, failing) => {
+      logger: opts.logger,
+      emptyGraceMs: opts.emptyGraceMs ?? 10_000,
+      failing: (v, failing) => {
         const before = this.#failing.size;
-        if (failing) this.#failing.add(w);
-        else this.#failing.delete(w);
+        if (failing) this.#failing.add(v);
+        else this.#failing.delete(v);
         if (before === 0 && this.#failing.size > 0) this.#o.logger.warn({ consul: this.#o.consul.readAddress }, 'outage mode: Consul does not answer; routing from the last good view');
         if (before > 0 && this.#failing.size === 0) this.#o.logger.info({ consul: this.#o.consul.readAddress }, 'outage mode over: Consul answers again');
       },
-      changed: (w) => this.#remember(w),
+      changed: (v) => this.#remember(v),
       persisted: (service) => {
         const v = this.#saved.get(service);
         return v ? { savedAt: v.savedAt, endpoints: v.endpoints.map((e) => ({ ...e, semver: e.version === '' ? null : semver.parse(e.version) })) } : undefined;
@@ -192,13 +102,14 @@ export class CatalogWatcher implements EndpointSource {
     };
   }
 
-  /** Loads the view persisted by an earlier run (used only for services Consul cannot answer for). */
+  /** Loads the view persisted by an earlier run (used only for services Consul cannot answer for) and starts the names watch. */
   async start(): Promise<void> {
     const stored = await this.#o.store?.load(VIEW_FILE).catch((err: unknown) => {
       this.#o.logger.warn({ err: errSummary(err) }, 'ignoring an unreadable persisted catalog view');
       return undefined;
     });
     if (stored && typeof stored === 'object') for (const [k, v] of Object.entries(stored as Record<string, PersistedView>)) this.#saved.set(k, v);
+    this.#names.start();
   }
 
   problem(): string | undefined {
@@ -209,44 +120,71 @@ export class CatalogWatcher implements EndpointSource {
     return this.#failing.size > 0;
   }
 
-  subscribe(service: string, onUpdate: Listener): Subscription {
-    let w = this.#watches.get(service);
-    if (!w) {
-      w = new ServiceWatch(service, this.#o, this.#hooks);
-      this.#watches.set(service, w);
-      w.start();
+  /**
+   * From the names watch, without watching `service`. When Consul has not answered the list, a
+   * service in the persisted view counts as existing (a sidecar started during an outage routes).
+   */
+  exists(service: string, timeoutMs: number): boolean | Promise<boolean | undefined> {
+    return this.#names.has(service) ?? this.#existsLater(service, Date.now() + timeoutMs);
+  }
+
+  async #existsLater(service: string, deadline: number): Promise<boolean | undefined> {
+    await this.#names.settled(deadline - Date.now());
+    const known = this.#names.has(service);
+    if (known !== undefined) return known;
+    // Consul fails: a service in the persisted view is routed from it at once (marked stale).
+    if (this.#saved.has(service)) return true;
+    // Otherwise only an answer helps (an agent still electing a leader fails its first reads).
+    await this.#names.answered(deadline - Date.now());
+    return this.#names.has(service);
+  }
+
+  whenExists(service: string, onExists: () => void): () => void {
+    return this.#names.whenExists(service, onExists);
+  }
+
+  subscribe(service: string, onUpdate: (u: Update) => void, opts?: SubscribeOptions): Subscription {
+    let e = this.#entries.get(service);
+    if (!e) {
+      e = this.#open(service, opts?.pinned === true);
+      this.#entries.set(service, e);
     }
-    const watch = w;
-    watch.listeners.add(onUpdate);
-    if (watch.current) {
-      const snapshot = [...watch.current.values()];
-      queueMicrotask(() => watch.listeners.has(onUpdate) && onUpdate({ kind: 'reset', endpoints: snapshot }));
-    }
+    const entry = e;
+    entry.view.listeners.add(onUpdate);
+    entry.view.replay(onUpdate);
     return {
       close: () => {
-        watch.listeners.delete(onUpdate);
-        if (watch.listeners.size === 0 && this.#watches.get(service) === watch) {
-          watch.stop();
-          this.#failing.delete(watch);
-          this.#watches.delete(service);
+        entry.view.listeners.delete(onUpdate);
+        if (entry.view.listeners.size === 0 && this.#entries.get(service) === entry) {
+          entry.leave();
+          this.#failing.delete(entry.view);
+          this.#entries.delete(service);
+          if (entry.via === 'watch') this.#promote();
         }
       },
     };
   }
 
   stats(service?: string): WatchStats[] {
-    const list = service === undefined ? [...this.#watches.values()] : [this.#watches.get(service)].filter((w): w is ServiceWatch => w !== undefined);
-    return list.map((w) => {
-      const s: WatchStats = { service: w.service, index: w.index, lastOkAt: w.lastOkAt, consecutiveErrors: w.consecutiveErrors, stale: w.fromDisk || w.consecutiveErrors > 0 };
-      if (w.lastError !== undefined) s.lastError = w.lastError;
+    const list = service === undefined ? [...this.#entries.values()] : [this.#entries.get(service)].filter((e): e is Entry => e !== undefined);
+    return list.map(({ view: v, via }) => {
+      const s: WatchStats = { service: v.service, index: v.index, lastOkAt: v.lastOkAt, consecutiveErrors: v.consecutiveErrors, stale: v.fromDisk || v.consecutiveErrors > 0, via };
+      if (v.lastError !== undefined) s.lastError = v.lastError;
       return s;
     });
   }
 
+  /** The shared change detector's work so far (for measurements and status). */
+  detectorStats(): DetectorStats {
+    return this.#detector.stats();
+  }
+
   async close(): Promise<void> {
-    for (const w of this.#watches.values()) if (w.consecutiveErrors === 0) this.#remember(w);
-    for (const w of this.#watches.values()) w.stop();
-    this.#watches.clear();
+    for (const e of this.#entries.values()) if (e.view.consecutiveErrors === 0) this.#remember(e.view);
+    for (const e of this.#entries.values()) e.leave();
+    this.#entries.clear();
+    this.#detector.close();
+    this.#names.close();
     if (this.#saveTimer) {
       clearTimeout(this.#saveTimer);
       this.#saveTimer = undefined;
@@ -254,12 +192,76 @@ export class CatalogWatcher implements EndpointSource {
     }
   }
 
+  #open(service: string, reserved: boolean): Entry {
+    const view = new ServiceView(service, this.#hooks);
+    const entry: Entry = { view, reserved, via: 'watch', leave: () => undefined };
+    // The last free slot is the detector's: with it, every further service can still be served.
+    const budget = this.#o.consul.budget;
+    const detectorHasRoom = this.#detector.stats().running || budget.capacity - budget.inUse >= 2;
+    if (detectorHasRoom && this.#watch(entry)) return entry;
+    // No room in the budget for a blocking query of its own: the shared detector serves it instead
+    // (throws ConsulBudgetExhaustedError only when the detector itself cannot start).
+    entry.via = 'detector';
+    entry.leave = this.#detector.add(service, view);
+    return entry;
+  }
+
+  /** Gives `entry` a blocking query of its own; false when the budget has no room for it. */
+  #watch(entry: Entry): boolean {
+    const { view } = entry;
+    const query = new BlockingQuery<HealthAnswer>({
+      name: `health:${view.service}`,
+      fetch: async (q) => {
+        try {
+          // All instances, not only ?passing: the proxy must tell "unknown service" from "none healthy"
+          // and name the versions that exist; health is read from each instance's checks.
+          const r = await this.#o.consul.healthService(view.service, { ...q, passing: false });
+          return { ...r, value: { index: r.index, entries: r.value } };
+        } catch (err) {
+          if (!q.signal.aborted) view.failed(err);
+          throw err;
+        }
+      },
+      waitMs: this.#o.waitMs,
+      maxBackoffMs: this.#o.maxBackoffMs,
+      budget: this.#o.consul.budget,
+      kind: entry.reserved ? 'reserved' : 'shared',
+    });
+    let unsubscribe: () => void;
+    try {
+      // Ask again shortly when an answer is held back (an index reset would otherwise not block).
+      unsubscribe = query.subscribe((answer) => {
+        if (!view.accept(answer)) query.requery(RECHECK_MS);
+      });
+    } catch (err) {
+      if (err instanceof ConsulBudgetExhaustedError) return false;
+      throw err;
+    }
+    entry.via = 'watch';
+    entry.leave = () => {
+      unsubscribe();
+      query.close();
+    };
+    return true;
+  }
+
+  /** Room came free: a service the detector serves gets a watch of its own again (lower latency, fewer reads). */
+  #promote(): void {
+    for (const e of this.#entries.values()) {
+      if (e.via !== 'detector') continue;
+      if (this.#o.consul.budget.sharedFree === 0) return;
+      const fromDetector = e.leave;
+      // The new watch's first answer is compared with the current view: no spurious reset.
+      if (this.#watch(e)) fromDetector();
+    }
+  }
+
   /** A good answer changed the view: keep it (written at most once a second). */
-  #remember(w: ServiceWatch): void {
-    if (!this.#o.store || !w.current || w.fromDisk) return;
-    this.#saved.set(w.service, {
+  #remember(v: ServiceView): void {
+    if (!this.#o.store || !v.current || v.fromDisk) return;
+    this.#saved.set(v.service, {
       savedAt: Date.now(),
-      endpoints: [...w.current.values()].map((e) => ({ id: e.id, service: e.service, address: e.address, port: e.port, version: e.version, node: e.node, healthy: e.healthy })),
+      endpoints: [...v.current.values()].map((e) => ({ id: e.id, service: e.service, address: e.address, port: e.port, version: e.version, node: e.node, healthy: e.healthy })),
     });
     this.#saveTimer ??= setTimeout(() => {
       this.#saveTimer = undefined;
@@ -274,16 +276,4 @@ export class CatalogWatcher implements EndpointSource {
       this.#o.logger.warn({ err: errSummary(err) }, 'could not persist the catalog view');
     }
   }
-}
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const t = setTimeout(done, ms);
-    function done() {
-      clearTimeout(t);
-      signal.removeEventListener('abort', done);
-      resolve();
-    }
-    signal.addEventListener('abort', done, { once: true });
-  });
 }

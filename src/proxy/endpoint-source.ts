@@ -15,6 +15,8 @@ export interface Endpoint {
   readonly node: string;
   /** Consul says every check passes. */
   readonly healthy: boolean;
+  /** Carries a Tandem sidecar's mark (tag `tandem-sidecar` or Meta `tandem_api`): never proxied to. */
+  readonly controlPlane?: boolean;
 }
 
 export type Update =
@@ -28,12 +30,28 @@ export interface Subscription {
   close(): void;
 }
 
+export interface SubscribeOptions {
+  /** Configured by the operator and watched from start (the source may give it reserved room). */
+  pinned?: boolean;
+}
+
 export interface EndpointSource {
   /**
    * Starts (or shares) a watch of `service`. The first update a subscriber gets is a `reset`, sent as
    * soon as the source has a first answer (at once when it already has one).
    */
-  subscribe(service: string, onUpdate: (update: Update) => void): Subscription;
+  subscribe(service: string, onUpdate: (update: Update) => void, opts?: SubscribeOptions): Subscription;
+  /**
+   * Whether the catalog has `service`, told without watching it: at once when the source knows, else a
+   * promise of true, false, or undefined when it could not tell within `timeoutMs` (Consul does not
+   * answer). A source without it lets the routing table watch any name.
+   */
+  exists?(service: string, timeoutMs: number): boolean | Promise<boolean | undefined>;
+  /**
+   * Calls `onExists` once, when `service` is (or comes) in the catalog, without watching it by name.
+   * Returns the function that cancels the wait.
+   */
+  whenExists?(service: string, onExists: () => void): () => void;
   /**
    * Why answers may be incomplete right now (e.g. Consul refuses the sidecar's ACL token, and Consul
    * then filters reads to empty lists instead of failing), or undefined.

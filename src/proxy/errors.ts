@@ -51,6 +51,16 @@ export class ForeignHostError extends TandemError {
   }
 }
 
+/**
+ * The target is a control plane: a Tandem sidecar (its control API or proxy) or a Consul agent. The
+ * proxy is the data plane; letting it reach a control API would lend the proxy's reach to writes.
+ */
+export class ControlPlaneError extends TandemError {
+  constructor(what: string) {
+    super('TANDEM_ERR_CONTROL_PLANE', 403, `${what} is a control plane (a Tandem sidecar or a Consul agent): the proxy never routes to it; call a control API directly, with credentials`);
+  }
+}
+
 export class MethodNotAllowedError extends TandemError {
   constructor(method: string) {
     super('TANDEM_ERR_METHOD_NOT_ALLOWED', 405, `${method} is not supported: Tandem is not an open proxy`);

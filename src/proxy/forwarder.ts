@@ -1,7 +1,8 @@
 // Sends one attempt of a request to one instance with undici (keep-alive pool per instance), streaming both ways.
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex, Readable } from 'node:stream';
-import { Pool, type Dispatcher } from 'undici';
+import { buildConnector, Pool, type Dispatcher } from 'undici';
+import type { ControlPlaneGuard } from './control-plane.ts';
 import type { Endpoint } from './endpoint-source.ts';
 import { stripResponseHeaders } from './headers.ts';
 
@@ -12,6 +13,8 @@ export interface ForwarderOptions {
   bodyTimeoutMs: number;
   connectTimeoutMs: number;
   connectionsPerInstance: number;
+  /** Refuses connections whose peer is a control plane, whatever name led there (see ControlPlaneGuard). */
+  guard?: ControlPlaneGuard | undefined;
 }
 
 export type RequestBody = { kind: 'none' } | { kind: 'buffer'; data: Buffer } | { kind: 'stream'; stream: Readable };
@@ -20,7 +23,16 @@ export type AttemptResult =
   | { kind: 'done'; status: number }
   /** The client went away first: says nothing about the instance. */
   | { kind: 'aborted' }
-  | { kind: 'failed'; reason: string; timeout: boolean; /** The request never reached the app (refused, connect timeout). */ unsent: boolean; status?: number };
+  | {
+      kind: 'failed';
+      reason: string;
+      timeout: boolean;
+      /** The request never reached the app (refused, connect timeout). */
+      unsent: boolean;
+      status?: number;
+      /** The connection reached a control plane and was cut before anything was sent. */
+      controlPlane?: boolean;
+    };
 
 export interface AttemptOptions {
   endpoint: Endpoint;
@@ -37,6 +49,8 @@ export interface AttemptOptions {
 }
 
 const UNSENT_CODES = new Set(['ECONNREFUSED', 'UND_ERR_CONNECT_TIMEOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRNOTAVAIL', 'ENOTFOUND']);
+/** The code of the error a guarded connection fails with when its peer is a control plane. */
+export const CONTROL_PLANE_CODE = 'TANDEM_ERR_CONTROL_PLANE';
 
 export class Forwarder {
   #o: ForwarderOptions;
@@ -56,7 +70,7 @@ export class Forwarder {
     const pool = new Pool(`http://${host}:${endpoint.port}`, {
       connections: this.#o.connectionsPerInstance,
       keepAliveTimeout: 4000,
-      connect: { timeout: this.#o.connectTimeoutMs },
+      connect: this.#o.guard ? guardedConnector(this.#o.guard, this.#o.connectTimeoutMs) : { timeout: this.#o.connectTimeoutMs },
     });
     this.#pools.set(endpoint.id, { key, pool });
     return pool;
@@ -157,6 +171,10 @@ export class Forwarder {
             return;
           }
           const code = (err as { code?: string }).code ?? '';
+          if (code === CONTROL_PLANE_CODE) {
+            finish({ kind: 'failed', reason: 'the instance is a control plane', timeout: false, unsent: true, controlPlane: true });
+            return;
+          }
           const timeout = code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_CONNECT_TIMEOUT';
           finish({
             kind: 'failed',
@@ -217,6 +235,7 @@ export class Forwarder {
       if (signal.aborted || code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') {
         return { error: { code: 'TANDEM_ERR_UPSTREAM_TIMEOUT', message: `no complete answer within ${o.timeoutMs} ms` } };
       }
+      if (code === CONTROL_PLANE_CODE) return { error: { code, message: 'the instance is a control plane: not proxied to' } };
       return { error: { code: 'TANDEM_ERR_UPSTREAM_FAILED', message: code ?? (err as Error).message } };
     }
   }
@@ -226,4 +245,25 @@ export class Forwarder {
     const r = await this.pool(endpoint).upgrade({ path, method: 'GET', headers, protocol, headersTimeout: this.#o.upstreamTimeoutMs } as Dispatcher.UpgradeOptions);
     return { headers: r.headers as IncomingHttpHeaders, socket: r.socket };
   }
+}
+
+/**
+ * undici's own connector, then a look at who answered: a peer that is a control plane (after DNS, or a
+ * numeric spelling of a loopback address) is cut before a byte is sent.
+ */
+function guardedConnector(guard: ControlPlaneGuard, timeout: number): buildConnector.connector {
+  const connect = buildConnector({ timeout });
+  return (opts, callback) =>
+    connect(opts, (err, socket) => {
+      if (err || !socket) {
+        callback(err ?? new Error('no socket'), null);
+        return;
+      }
+      if (guard.refusesPeer(socket.remoteAddress, socket.remotePort)) {
+        socket.destroy();
+        callback(Object.assign(new Error('the instance is a control plane: not proxied to'), { code: CONTROL_PLANE_CODE }), null);
+        return;
+      }
+      callback(null, socket);
+    });
 }

@@ -1,5 +1,7 @@
-// Hop-by-hop header handling for both directions, on Node's flat rawHeaders arrays and undici's header objects.
-import type { IncomingHttpHeaders } from 'node:http';
+// Hop-by-hop header handling for both directions, on Node's flat rawHeaders arrays and undici's header objects; what a request asks for (deadline, body).
+import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
+import { BadTimeoutError } from './errors.ts';
+import type { RequestBody } from './forwarder.ts';
 
 /** Never forwarded: meaningful for one connection only (RFC 9110 §7.6.1), plus ones we set ourselves. */
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'proxy-authorization', 'proxy-authenticate', 'host', 'expect', 'http2-settings']);
@@ -44,4 +46,27 @@ export function stripResponseHeaders(headers: IncomingHttpHeaders): IncomingHttp
     if ((HOP_BY_HOP.has(name) && name !== 'host') || listed?.has(name)) delete headers[name];
   }
   return headers;
+}
+
+/** X-Tandem-Timeout-Ms: a positive whole number of milliseconds, at most a day. */
+export function parseTimeout(v: string): number {
+  const n = Number(v);
+  if (!/^\d{1,9}$/.test(v.trim()) || n < 1 || n > 86_400_000) throw new BadTimeoutError(v.slice(0, 50));
+  return n;
+}
+
+export function header(req: IncomingMessage, name: string): string | undefined {
+  const v = req.headers[name];
+  return Array.isArray(v) ? v[0] : v;
+}
+
+/** Small bodies (by Content-Length) are read into memory so a retry can resend them; others stream. */
+export async function readBody(req: IncomingMessage, limit: number): Promise<RequestBody> {
+  const cl = req.headers['content-length'];
+  const chunked = req.headers['transfer-encoding'] !== undefined;
+  if (!chunked && (cl === undefined || cl === '0')) return { kind: 'none' };
+  if (chunked || Number(cl) > limit) return { kind: 'stream', stream: req };
+  const chunks: Buffer[] = [];
+  for await (const c of req) chunks.push(c as Buffer);
+  return { kind: 'buffer', data: Buffer.concat(chunks) };
 }

@@ -7,15 +7,19 @@ import type { Endpoint } from './endpoint-source.ts';
 import type { EndpointSet, Subset } from './endpoint-set.ts';
 import {
   InstanceNotFoundError, MethodNotAllowedError, NoHealthyInstanceError, TandemError,
-  TrailerNotSupportedError, UnknownServiceError, BadTimeoutError, PayloadTooLargeError, StartingError, CatalogForbiddenError, ExpectationFailedError, UpstreamFailedError, UpstreamTimeoutError, UrlTooLongError, BadTargetError,
+  TrailerNotSupportedError, UnknownServiceError, StartingError, CatalogForbiddenError, ExpectationFailedError, UpstreamFailedError, UpstreamTimeoutError, UrlTooLongError, BadTargetError,
+  ControlPlaneError,
 } from './errors.ts';
-import type { AttemptResult, Forwarder, RequestBody } from './forwarder.ts';
-import { upstreamRequestHeaders } from './headers.ts';
+import { CONTROL_PLANE_CODE, type AttemptResult, type Forwarder } from './forwarder.ts';
+import { ControlPlaneGuard } from './control-plane.ts';
+import type { EndpointSource, Subscription } from './endpoint-source.ts';
+import { header, parseTimeout, readBody, upstreamRequestHeaders } from './headers.ts';
 import type { OutlierDetector } from './outlier-detector.ts';
 import type { RangeCache } from './range-cache.ts';
 import type { RetryBudget } from './retry-budget.ts';
 import type { RoutingTable } from './routing-table.ts';
 import { parseTarget, type Target } from './target.ts';
+import { broadcast } from './broadcast.ts';
 import { answerClientError, writeRawError } from './raw-errors.ts';
 import { randomUUID } from 'node:crypto';
 import { NO_OBSERVER, type ProxyObserver, type RequestOutcome } from './proxy-observer.ts';
@@ -45,6 +49,10 @@ export interface ProxyServerOptions {
   broadcastTimeoutMs: number;
   broadcastMaxBodyBytes: number;
   observer?: ProxyObserver;
+  /** What the proxy never reaches (sidecars, Consul agents); names only when not given. */
+  guard?: ControlPlaneGuard;
+  /** The catalog the guard learns every sidecar from (its `tandem` service), followed from open(). */
+  sidecars?: EndpointSource;
 }
 
 /** What one request did, filled in as it goes and handed to the observer at the end. */
@@ -57,12 +65,15 @@ interface Trace {
 }
 
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE']);
+const NONE: ReadonlySet<string> = new Set();
 
 export class ProxyServer {
   #o: ProxyServerOptions;
   #server: Server;
   #retryStatuses: ReadonlySet<number>;
   #observer: ProxyObserver;
+  #guard: ControlPlaneGuard;
+  #sidecars: Subscription | undefined;
   #open = false;
   #markOpen!: () => void;
   #opened = new Promise<void>((resolve) => (this.#markOpen = resolve));
@@ -71,6 +82,7 @@ export class ProxyServer {
     this.#o = opts;
     this.#retryStatuses = new Set(opts.retryStatuses);
     this.#observer = opts.observer ?? NO_OBSERVER;
+    this.#guard = opts.guard ?? new ControlPlaneGuard();
     // requestTimeout bounds how long a request's head and body may take to arrive (slow senders).
     this.#server = createServer({ maxHeaderSize: opts.maxHeaderBytes, keepAliveTimeout: 5000, requestTimeout: 300_000 }, (req, res) => void this.#handle(req, res));
     this.#server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => answerClientError(err, socket, () => new BadTargetError('malformed HTTP request')));
@@ -112,6 +124,7 @@ export class ProxyServer {
    * instead of seeing an empty catalog.
    */
   open(): void {
+    if (this.#o.sidecars && !this.#sidecars) this.#sidecars = this.#guard.follow(this.#o.sidecars);
     this.#open = true;
     this.#markOpen();
   }
@@ -133,6 +146,7 @@ export class ProxyServer {
 
   /** Stops accepting; lets in-flight requests finish for up to `graceMs`, then cuts the rest. */
   async close(graceMs = 5000): Promise<void> {
+    this.#sidecars?.close();
     const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
     this.#server.closeIdleConnections();
     // closeAllConnections() does not reach upgraded sockets: they are ours to destroy.
@@ -154,6 +168,8 @@ export class ProxyServer {
       if (url.length > this.#o.maxUrlBytes) throw new UrlTooLongError(this.#o.maxUrlBytes);
       if (req.headers.trailer !== undefined) throw new TrailerNotSupportedError();
       const target = parseTarget(url, header(req, 'x-tandem-version'));
+      // Before any catalog lookup: a control plane's name costs no watch.
+      this.#guard.checkTarget(target.service, header(req, 'x-tandem-instance'));
       const range = target.range === '' ? null : this.#o.ranges.get(target.range);
       const set = this.#o.table.current(target.service) ?? (await this.#o.table.get(target.service));
       if (set.all.length === 0) throw this.#unknown(target.service);
@@ -203,6 +219,9 @@ export class ProxyServer {
     if (req.headers['x-request-id'] === undefined) headers.push('x-request-id', trace.requestId);
     const maxTries = 1 + this.#o.retries;
     const tried = new Set<string>();
+    const refused = this.#guard.refusedIn(subset);
+    // Control-plane instances are never picked: they start out excluded, like instances already tried.
+    const exclude = refused.size === 0 ? tried : new Set(refused);
     const service = target.service;
     this.#o.retryBudget.request(service);
     let last: Extract<AttemptResult, { kind: 'failed' }> | undefined;
@@ -220,13 +239,14 @@ export class ProxyServer {
         break;
       }
       if (attempt > 0) this.#observer.retry(service);
-      const picked = pin !== undefined ? this.#pinned(set, subset, pin, tried) : this.#o.balancer.pick(subset, { stickyId, exclude: tried });
+      const picked = pin !== undefined ? this.#pinned(set, subset, pin, tried, refused) : this.#o.balancer.pick(subset, { stickyId, exclude });
       if (!picked) {
-        if (attempt === 0) throw new NoHealthyInstanceError(service, target.range || undefined, set.versions, set.healthyVersions);
+        if (attempt === 0) throw this.#noneToPick(target, set, subset, refused);
         break;
       }
       const { endpoint } = picked;
       tried.add(endpoint.id);
+      exclude.add(endpoint.id);
       trace.tries = attempt + 1;
       trace.instance = endpoint.id;
       const mayRetryStatus = safeAfterReach && attempt + 1 < maxTries && this.#o.retryBudget.hasRoom(service);
@@ -254,6 +274,13 @@ export class ProxyServer {
         trace.outcome = 'aborted'; // the client left meanwhile: nobody to answer
         return;
       }
+      if (result.controlPlane) {
+        // A name that led to a control plane: refused from now on, and no blame on the instance's health.
+        this.#guard.learn(endpoint);
+        last = result;
+        if (pin !== undefined) break;
+        continue;
+      }
       // A try cut by the caller's own deadline says nothing about the instance.
       if (!(result.timeout && Date.now() >= deadline)) this.#report(endpoint, 'failure');
       last = result;
@@ -261,55 +288,23 @@ export class ProxyServer {
       if (!retryable) break;
       this.#o.logger.debug({ service, instance: endpoint.id, reason: result.reason }, 'failing over to another instance');
     }
+    if (last?.controlPlane) throw new ControlPlaneError(`instance '${trace.instance ?? ''}' of '${service}'`);
     if (stoppedBy === 'deadline' || (last?.timeout && !last.unsent)) throw new UpstreamTimeoutError(service, Math.min(budgetMs, this.#o.upstreamTimeoutMs));
     throw new UpstreamFailedError(service, tried.size, [last ? `last try ${last.reason}` : 'no instance left to try', stoppedBy].filter(Boolean).join('; '));
   }
 
-  /**
-   * `X-Tandem-Broadcast: all`: the request goes to every healthy instance in range at once; the answer is
-   * one JSON array with an entry per instance (a failed instance is an entry with its error).
-   */
+  /** `X-Tandem-Broadcast: all`: every healthy instance in range but control planes (see broadcast.ts). */
   async #broadcast(req: IncomingMessage, res: ServerResponse, target: Target, set: EndpointSet, subset: Subset): Promise<void> {
-    if (header(req, 'x-tandem-broadcast') !== 'all') throw new BadTargetError("X-Tandem-Broadcast must be 'all'");
-    const asked = header(req, 'x-tandem-timeout-ms');
-    const timeoutMs = asked === undefined ? this.#o.broadcastTimeoutMs : parseTimeout(asked);
-    const body = await readBody(req, this.#o.retryBufferBytes);
-    if (body.kind === 'stream') throw new PayloadTooLargeError(this.#o.retryBufferBytes);
-    const targets = subset.healthy;
-    if (targets.length === 0) throw new NoHealthyInstanceError(target.service, target.range || undefined, set.versions, set.healthyVersions);
-    const all = upstreamRequestHeaders(req.rawHeaders, req.headers, req.socket.remoteAddress);
-    const headers: string[] = [];
-    for (let i = 0; i < all.length; i += 2) if ((all[i] as string).toLowerCase() !== 'x-tandem-broadcast') headers.push(all[i] as string, all[i + 1] as string);
-    const entries = await Promise.all(
-      targets.map(async (e) => {
-        const r = await this.#o.forwarder.collect(e, {
-          method: req.method ?? 'GET',
-          path: target.path,
-          headers,
-          body: body.kind === 'buffer' ? body.data : null,
-          timeoutMs,
-          maxBodyBytes: this.#o.broadcastMaxBodyBytes,
-        });
-        if ('error' in r) {
-          this.#report(e, 'failure');
-          return { instance: e.id, version: e.version, error: r.error };
-        }
-        this.#report(e, 'success');
-        const type = String(r.headers['content-type'] ?? '');
-        let parsed: unknown = r.body.toString('utf8');
-        if (/[/+]json\b/.test(type)) {
-          try {
-            parsed = JSON.parse(parsed as string);
-          } catch {
-            // not JSON after all: keep the text
-          }
-        }
-        return { instance: e.id, version: e.version, status: r.status, headers: r.headers, body: parsed };
-      }),
-    );
-    const out = JSON.stringify(entries);
-    res.writeHead(200, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(out), 'x-tandem-broadcast': String(entries.length) });
-    res.end(out);
+    const refused = this.#guard.refusedIn(subset);
+    const targets = refused.size === 0 ? subset.healthy : subset.healthy.filter((e) => !refused.has(e.id));
+    if (targets.length === 0) throw this.#noneToPick(target, set, subset, refused);
+    await broadcast(req, res, target.path, targets, {
+      forwarder: this.#o.forwarder,
+      bufferBytes: this.#o.retryBufferBytes,
+      timeoutMs: this.#o.broadcastTimeoutMs,
+      maxBodyBytes: this.#o.broadcastMaxBodyBytes,
+      report: (e, outcome) => (outcome === 'control-plane' ? this.#guard.learn(e) : this.#report(e, outcome)),
+    });
   }
 
   /** An empty answer is "no such service", unless the catalog says its answers are filtered (ACL). */
@@ -323,11 +318,18 @@ export class ProxyServer {
     if (this.#o.outliers.report(endpoint, outcome)) this.#observer.ejection(endpoint.service, endpoint.id);
   }
 
-  #pinned(set: EndpointSet, subset: Subset, id: string, tried: ReadonlySet<string>): Picked | undefined {
+  #pinned(set: EndpointSet, subset: Subset, id: string, tried: ReadonlySet<string>, refused: ReadonlySet<string>): Picked | undefined {
     if (tried.has(id)) return undefined;
+    if (refused.has(id)) throw new ControlPlaneError(`instance '${id}' of '${set.service}'`);
     const e = subset.byId.get(id);
     if (!e || !e.healthy) throw new InstanceNotFoundError(set.service, id);
     return { endpoint: e, moved: false };
+  }
+
+  /** Nothing to pick: because every healthy candidate is a control plane, or because none is healthy. */
+  #noneToPick(target: Target, set: EndpointSet, subset: Subset, refused: ReadonlySet<string>): TandemError {
+    if (refused.size > 0 && subset.healthy.length > 0 && subset.healthy.every((e) => refused.has(e.id))) return new ControlPlaneError(`every healthy instance of '${target.service}'`);
+    return new NoHealthyInstanceError(target.service, target.range || undefined, set.versions, set.healthyVersions);
   }
 
   async #upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
@@ -337,18 +339,24 @@ export class ProxyServer {
       const url = req.url ?? '/';
       if (url.length > this.#o.maxUrlBytes) throw new UrlTooLongError(this.#o.maxUrlBytes);
       const target = parseTarget(url, header(req, 'x-tandem-version'));
+      const pin = header(req, 'x-tandem-instance');
+      this.#guard.checkTarget(target.service, pin);
       const range = target.range === '' ? null : this.#o.ranges.get(target.range);
       const set = this.#o.table.current(target.service) ?? (await this.#o.table.get(target.service));
       if (set.all.length === 0) throw this.#unknown(target.service);
       const subset = set.subset(target.range, range);
-      const pin = header(req, 'x-tandem-instance');
-      const picked = pin !== undefined ? this.#pinned(set, subset, pin, new Set()) : this.#o.balancer.pick(subset, { stickyId: header(req, 'x-stickyid') });
-      if (!picked) throw new NoHealthyInstanceError(target.service, target.range || undefined, set.versions, set.healthyVersions);
+      const refused = this.#guard.refusedIn(subset);
+      const picked = pin !== undefined ? this.#pinned(set, subset, pin, NONE, refused) : this.#o.balancer.pick(subset, { stickyId: header(req, 'x-stickyid'), exclude: refused });
+      if (!picked) throw this.#noneToPick(target, set, subset, refused);
       const headers = upstreamRequestHeaders(req.rawHeaders, req.headers, req.socket.remoteAddress);
       let up;
       try {
         up = await this.#o.forwarder.upgrade(picked.endpoint, target.path, headers, header(req, 'upgrade') ?? 'websocket');
       } catch (err) {
+        if ((err as { code?: string }).code === CONTROL_PLANE_CODE) {
+          this.#guard.learn(picked.endpoint);
+          throw new ControlPlaneError(`instance '${picked.endpoint.id}' of '${target.service}'`);
+        }
         this.#report(picked.endpoint, 'failure');
         throw new UpstreamFailedError(target.service, 1, (err as { code?: string }).code ?? (err as Error).message, { cause: err });
       }
@@ -390,27 +398,4 @@ function toTandemError(err: unknown): TandemError {
 
 function extraHeaders(endpoint: Endpoint, picked: Picked): [string, string][] {
   return picked.moved ? [['x-tandem-instance', endpoint.id], ['x-tandem-sticky', 'moved']] : [['x-tandem-instance', endpoint.id]];
-}
-
-/** X-Tandem-Timeout-Ms: a positive whole number of milliseconds, at most a day. */
-function parseTimeout(v: string): number {
-  const n = Number(v);
-  if (!/^\d{1,9}$/.test(v.trim()) || n < 1 || n > 86_400_000) throw new BadTimeoutError(v.slice(0, 50));
-  return n;
-}
-
-function header(req: IncomingMessage, name: string): string | undefined {
-  const v = req.headers[name];
-  return Array.isArray(v) ? v[0] : v;
-}
-
-/** Small bodies (by Content-Length) are read into memory so a retry can resend them; others stream. */
-async function readBody(req: IncomingMessage, limit: number): Promise<RequestBody> {
-  const cl = req.headers['content-length'];
-  const chunked = req.headers['transfer-encoding'] !== undefined;
-  if (!chunked && (cl === undefined || cl === '0')) return { kind: 'none' };
-  if (chunked || Number(cl) > limit) return { kind: 'stream', stream: req };
-  const chunks: Buffer[] = [];
-  for await (const c of req) chunks.push(c as Buffer);
-  return { kind: 'buffer', data: Buffer.concat(chunks) };
 }

@@ -1,5 +1,5 @@
 // The live routing table: one endpoint set per service, fed by an EndpointSource, watched on first use, dropped when idle.
-import { CatalogUnavailableError, TooManyServicesError } from './errors.ts';
+import { CatalogForbiddenError, CatalogUnavailableError, TooManyServicesError, UnknownServiceError } from './errors.ts';
 import { EndpointSet } from './endpoint-set.ts';
 import type { EndpointSource, Subscription, Update } from './endpoint-source.ts';
 
@@ -64,14 +64,26 @@ export class RoutingTable {
     return w.set;
   }
 
-  /** The set for `service`, starting its watch and waiting (bounded) for the first answer if needed. */
+  /**
+   * The set for `service`, starting its watch and waiting (bounded) for the first answer if needed. A
+   * name the catalog does not have is refused at once (UnknownServiceError, or CatalogForbiddenError
+   * when answers may be filtered) and never watched: made-up names cannot fill `maxServices`.
+   */
   async get(service: string): Promise<EndpointSet> {
-    const w = this.#services.get(service) ?? this.#watch(service, false);
+    const started = Date.now();
+    let w = this.#services.get(service);
+    if (!w) {
+      // Usually known at once (no extra tick: the watch starts before this call returns).
+      const known = this.#o.source.exists?.(service, this.#o.firstAnswerTimeoutMs) ?? true;
+      this.#admit(service, typeof known === 'boolean' ? known : await known);
+      w = this.#services.get(service) ?? this.#watch(service, false);
+    }
     w.lastUsed = Date.now();
     if (w.set) return w.set;
+    const waitMs = Math.max(0, this.#o.firstAnswerTimeoutMs - (Date.now() - started));
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new CatalogUnavailableError(service, this.#o.firstAnswerTimeoutMs)), this.#o.firstAnswerTimeoutMs);
+      timer = setTimeout(() => reject(new CatalogUnavailableError(service, this.#o.firstAnswerTimeoutMs)), waitMs);
     });
     try {
       await Promise.race([w.ready, timeout]);
@@ -83,10 +95,18 @@ export class RoutingTable {
 
   /**
    * Calls `listener` with every new set of `service` (after waiting for the first one, which is
-   * returned). The service stays watched until the returned function is called.
+   * returned). The service stays watched until the returned function is called. A service not in the
+   * catalog yet gives an empty set and no watch: the source wakes the table when the name appears, and
+   * the listener then gets its first real set (`onError` is told if it cannot be watched then).
    */
-  async listen(service: string, listener: (set: EndpointSet) => void): Promise<{ set: EndpointSet; stop: () => void }> {
-    const set = await this.get(service);
+  async listen(service: string, listener: (set: EndpointSet) => void, onError?: (err: unknown) => void): Promise<{ set: EndpointSet; stop: () => void }> {
+    let set: EndpointSet;
+    try {
+      set = await this.get(service);
+    } catch (err) {
+      if (!(err instanceof UnknownServiceError || err instanceof CatalogForbiddenError) || !this.#o.source.whenExists) throw err;
+      return this.#listenWhenExists(service, listener, onError);
+    }
     const w = this.#services.get(service);
     if (!w) return { set, stop: () => undefined };
     w.listeners.add(listener);
@@ -104,13 +124,50 @@ export class RoutingTable {
     return [...this.#services.entries()].map(([service, w]) => ({ service, set: w.set, pinned: w.pinned, lastUsed: w.lastUsed }));
   }
 
+  #listenWhenExists(service: string, listener: (set: EndpointSet) => void, onError?: (err: unknown) => void): { set: EndpointSet; stop: () => void } {
+    let stopped = false;
+    let stopInner: (() => void) | undefined;
+    const cancel = this.#o.source.whenExists?.(service, () => {
+      this.listen(service, listener, onError).then(
+        (r) => {
+          if (stopped) return r.stop();
+          stopInner = r.stop;
+          listener(r.set);
+        },
+        (err: unknown) => stopped || onError?.(err),
+      );
+    });
+    return {
+      set: new EndpointSet(service, []),
+      stop: () => {
+        stopped = true;
+        cancel?.();
+        stopInner?.();
+      },
+    };
+  }
+
+  /** Refuses names the source says are not in the catalog (or cannot tell), before anything is watched. */
+  #admit(service: string, known: boolean | undefined): void {
+    if (known === true) return;
+    if (known === undefined) throw new CatalogUnavailableError(service, this.#o.firstAnswerTimeoutMs);
+    const problem = this.problem();
+    throw problem ? new CatalogForbiddenError(service, problem) : new UnknownServiceError(service);
+  }
+
   #watch(service: string, pinned: boolean): Watched {
     if (this.#services.size >= this.#o.maxServices) throw new TooManyServicesError(this.#o.maxServices);
     let markReady!: () => void;
     const ready = new Promise<void>((r) => (markReady = r));
     const w: Watched = { set: undefined, ready, markReady, sub: undefined, lastUsed: Date.now(), pinned, listeners: new Set() };
     this.#services.set(service, w);
-    w.sub = this.#o.source.subscribe(service, (u) => this.#apply(service, w, u));
+    try {
+      w.sub = this.#o.source.subscribe(service, (u) => this.#apply(service, w, u), { pinned });
+    } catch (err) {
+      // No watch could start (no room left in Consul's connection budget): nothing to keep.
+      this.#services.delete(service);
+      throw err;
+    }
     return w;
   }
 

@@ -1,9 +1,14 @@
 // Keeps this host's services registered in Consul: persists them, re-registers what the agent lost, drains on removal.
+// Whose token: a control-API call passes the caller's CallOptions for its one Consul write (Consul's
+// ACLs decide). Upkeep of what Consul already accepted (re-registration, restore at start, drain and
+// shutdown deregistration) uses the sidecar's token: a caller's token is never kept, and a restarted
+// sidecar must restore and remove what it registered without its apps (docs/security.md).
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import type { Registration, ServiceSpec } from '../protocol/wire.ts';
-import type { ConsulClient, LocalCheck } from '../consul/consul-client.ts';
-import { errSummary, NotTtlCheckError, ProtectedServiceError, ServiceNotFoundError, ShuttingDownError } from '../common/errors.ts';
+import type { CallOptions, ConsulClient, LocalCheck } from '../consul/consul-client.ts';
+import { errSummary, NotTtlCheckError, ProtectedServiceError, ReservedServiceError, ServiceNotFoundError, ShuttingDownError, TandemError } from '../common/errors.ts';
+import { sidecarMarkProblem } from '../common/sidecar-marker.ts';
 import { ConsulPermissionError, ConsulUnavailableError } from '../consul/errors.ts';
 import { effectiveCheck, serviceId, toConsulDefinition } from './service-definition.ts';
 import type { StateStore } from '../common/state-store.ts';
@@ -79,27 +84,45 @@ export class Registrar {
     const fromState = Array.isArray(stored) ? (stored as { spec: ServiceSpec }[]) : [];
     this.#sidecarId = serviceId(sidecarService, this.#o.nodeName);
     this.#add(sidecarService, 'sidecar');
-    for (const spec of this.#o.configServices) this.#add(spec, 'config');
-    for (const { spec } of fromState) this.#add(spec, 'api');
+    for (const spec of this.#o.configServices) {
+      // The sidecar's marks are unforgeable only if nothing else registered through Tandem carries them.
+      const problem = sidecarMarkProblem(spec);
+      if (problem) throw new ReservedServiceError(`config service '${spec.name}': ${problem}`);
+      this.#add(spec, 'config');
+    }
+    for (const { spec } of fromState) {
+      const problem = sidecarMarkProblem(spec);
+      if (problem) this.#o.logger.warn({ service: spec.name, problem }, 'not restoring a stored registration that carries a sidecar mark');
+      else this.#add(spec, 'api');
+    }
     await this.sync();
     this.#timer = setInterval(() => void this.sync(), this.#o.syncIntervalMs);
     this.#timer.unref();
   }
 
-  /** Registers (or replaces) a service. Consul unreachable → kept as pending; Consul refusing → nothing changes. */
-  async register(spec: ServiceSpec): Promise<RegisterResult> {
+  /**
+   * Registers (or replaces) a service, in Consul with `call`'s token. Consul unreachable → kept as
+   * pending (unless `defer` is false); Consul refusing → nothing changes. `defer: false` is for a
+   * caller's own token under ACLs: a pending registration is made later with the sidecar's token, which
+   * would lend it to a token Consul never checked.
+   */
+  async register(spec: ServiceSpec, call: CallOptions = {}, defer = true): Promise<RegisterResult> {
     if (this.#closing) throw new ShuttingDownError();
+    const problem = sidecarMarkProblem(spec);
+    if (problem) throw new ReservedServiceError(problem);
     const id = serviceId(spec, this.#o.nodeName);
+    if (id === this.#sidecarId) throw new ProtectedServiceError(id);
     return this.#serial(id, async () => {
       const entry: Entry = { id, spec, source: 'api', state: 'pending', restore: false };
       let pending = false;
       try {
-        await this.#registerInConsul(entry);
+        await this.#registerInConsul(entry, call);
         entry.state = 'registered';
         entry.restore = true;
       } catch (err) {
         if (!(err instanceof ConsulUnavailableError)) throw err; // 403/400: the old registration stays as it was
         this.#markDown(err);
+        if (!defer) throw notDeferred(err);
         pending = true;
       }
       this.#orphans.delete(id);
@@ -110,22 +133,25 @@ export class Registrar {
     });
   }
 
-  /** Graceful removal: maintenance on (callers stop picking it), wait drainMs, deregister. */
-  async deregister(id: string): Promise<{ pending: boolean }> {
+  /**
+   * Graceful removal with `call`'s token: maintenance on (callers stop picking it), wait drainMs,
+   * deregister. Consul unreachable → deregistered later (unless `defer` is false, as for register).
+   */
+  async deregister(id: string, call: CallOptions = {}, defer = true): Promise<{ pending: boolean }> {
     const entry = this.#entries.get(id);
     if (!entry || entry.state === 'draining') throw new ServiceNotFoundError(id);
     if (entry.source === 'sidecar') throw new ProtectedServiceError(id);
     entry.state = 'draining';
     return this.#serial(id, async () => {
       try {
-        await this.#drain([entry]);
+        await this.#drain([entry], call);
         return { pending: false };
       } catch (err) {
-        if (!(err instanceof ConsulUnavailableError)) {
+        if (err instanceof ConsulUnavailableError) this.#markDown(err);
+        if (!(err instanceof ConsulUnavailableError) || !defer) {
           entry.state = 'registered';
-          throw err;
+          throw err instanceof ConsulUnavailableError ? notDeferred(err) : err;
         }
-        this.#markDown(err);
         this.#orphans.add(id);
         return { pending: true };
       } finally {
@@ -137,12 +163,13 @@ export class Registrar {
     });
   }
 
-  async heartbeat(id: string, note?: string): Promise<void> {
+  /** Passes a TTL check, with `call`'s token. */
+  async heartbeat(id: string, note?: string, call: CallOptions = {}): Promise<void> {
     const entry = this.#entries.get(id);
     if (!entry || entry.state === 'draining') throw new ServiceNotFoundError(id);
     const check = effectiveCheck(entry.spec);
     if (check.kind !== 'ttl') throw new NotTtlCheckError(id, check.kind);
-    await this.#o.consul.passCheck(`service:${id}`, note);
+    await this.#o.consul.passCheck(`service:${id}`, note, call);
   }
 
   /** This host's registrations with their Consul health (`unknown` when Consul is unreachable). */
@@ -266,8 +293,8 @@ export class Registrar {
     }
   }
 
-  async #registerInConsul(entry: Entry): Promise<void> {
-    this.#agentAddress ??= this.#o.advertiseAddress ?? (await this.#o.consul.agentSelf()).advertiseAddress;
+  async #registerInConsul(entry: Entry, call: CallOptions = {}): Promise<void> {
+    this.#agentAddress ??= this.#o.advertiseAddress ?? (await this.#agentSelf(call)).advertiseAddress;
     await this.#o.consul.registerService(
       toConsulDefinition(entry.spec, {
         nodeName: this.#o.nodeName,
@@ -278,23 +305,34 @@ export class Registrar {
         ttlMs: this.#o.ttlMs,
         initialPassing: entry.restore,
       }),
+      call,
     );
   }
 
-  async #drain(entries: readonly Entry[]): Promise<void> {
+  /** Read with the sidecar's token: on a caller's write, its refusal must not pass for the caller's token being refused. */
+  async #agentSelf(call: CallOptions): Promise<{ advertiseAddress: string }> {
+    try {
+      return await this.#o.consul.agentSelf();
+    } catch (err) {
+      if (call.token === undefined || !(err instanceof ConsulPermissionError)) throw err;
+      throw new TandemError(err.code, err.statusCode, err.message);
+    }
+  }
+
+  async #drain(entries: readonly Entry[], call: CallOptions = {}): Promise<void> {
     const live = entries.filter((e) => e.state !== 'pending');
     if (live.length === 0) return;
     // Maintenance first: the instances leave `?passing` at once, so watchers stop sending before they go.
-    await Promise.all(live.map((e) => this.#o.consul.setMaintenance(e.id, true, 'tandem: draining before deregistration')));
+    await Promise.all(live.map((e) => this.#o.consul.setMaintenance(e.id, true, 'tandem: draining before deregistration', call)));
     if (this.#o.drainMs > 0) await sleep(this.#o.drainMs);
-    await Promise.all(live.map((e) => this.#o.consul.deregisterService(e.id)));
+    await Promise.all(live.map((e) => this.#o.consul.deregisterService(e.id, call)));
     for (const e of live) this.#o.logger.info({ service: e.id }, 'service deregistered');
   }
 
   #add(spec: ServiceSpec, source: Source): void {
     const id = serviceId(spec, this.#o.nodeName);
-    // An app may have registered through the API before start() ran: its newer spec wins.
-    if (!this.#entries.has(id)) this.#entries.set(id, { id, spec, source, state: 'pending', restore: true });
+    // An app may have registered through the API before start() ran: its newer spec wins (never over the sidecar's own).
+    if (source === 'sidecar' || !this.#entries.has(id)) this.#entries.set(id, { id, spec, source, state: 'pending', restore: true });
   }
 
   async #persist(): Promise<void> {
@@ -353,4 +391,9 @@ export class Registrar {
       health,
     };
   }
+}
+
+/** A write with the caller's own token cannot wait for Consul: only Consul can check that token. */
+function notDeferred(err: ConsulUnavailableError): ConsulUnavailableError {
+  return new ConsulUnavailableError(`${err.message}; a write made with your own Consul token is not kept for later (Consul must check the token): retry once Consul answers`, { cause: err });
 }

@@ -1,5 +1,6 @@
 // The SDK client: register, call, resolve and watch services through the local Tandem sidecar (Node built-ins only).
 import { EventEmitter } from 'node:events';
+import { readFileSync } from 'node:fs';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { TandemError } from '../protocol/tandem-error.ts';
@@ -20,6 +21,13 @@ export interface TandemOptions {
   proxyUrl?: string;
   /** Sent as `Authorization: Bearer <token>` to the control API. Default: `TANDEM_API_TOKEN`. */
   token?: string;
+  /**
+   * This app's own Consul ACL token, sent as `X-Consul-Token` on every control-API call (never on
+   * requests to services): the sidecar makes this app's writes (register, heartbeat, publish, ...) with
+   * it, so Consul's ACLs decide. Default: `CONSUL_HTTP_TOKEN`, else the file `CONSUL_HTTP_TOKEN_FILE`
+   * names; `''` sends none.
+   */
+  consulToken?: string;
 }
 
 /**
@@ -125,6 +133,7 @@ export class Tandem extends EventEmitter {
   readonly url: string;
   #proxyUrl: string | undefined;
   #token: string | undefined;
+  #consulToken: string | undefined;
 
   /** Ids of the services this client registered (for ready-to-stop). */
   #handles = new Set<string>();
@@ -139,6 +148,7 @@ export class Tandem extends EventEmitter {
     this.url = normalizeUrl(opts.url ?? process.env['TANDEM_API'] ?? DEFAULT_API);
     this.#proxyUrl = opts.proxyUrl === undefined ? undefined : normalizeUrl(opts.proxyUrl);
     this.#token = opts.token ?? process.env['TANDEM_API_TOKEN'];
+    this.#consulToken = (opts.consulToken ?? envConsulToken()) || undefined;
   }
 
   /**
@@ -619,8 +629,11 @@ export class Tandem extends EventEmitter {
     }
   }
 
+  /** The control API's headers (never sent to services: #send builds its own). */
   #headers(): Record<string, string> {
-    return this.#token ? { authorization: `Bearer ${this.#token}` } : {};
+    const h: Record<string, string> = this.#token ? { authorization: `Bearer ${this.#token}` } : {};
+    if (this.#consulToken) h['x-consul-token'] = this.#consulToken;
+    return h;
   }
 
   async #api<T>(method: string, path: string, body?: unknown): Promise<T> {
@@ -642,6 +655,19 @@ export class Tandem extends EventEmitter {
   #unreachable(err: unknown, url = this.url): TandemError {
     const code = (err as { cause?: { code?: string } }).cause?.code;
     return new TandemError('TANDEM_ERR_SIDECAR_UNREACHABLE', 503, `cannot reach ${url}${code ? ` (${code})` : ''}: is the tandem sidecar running at ${this.url}?`, { cause: err });
+  }
+}
+
+/** `CONSUL_HTTP_TOKEN`, else the content of `CONSUL_HTTP_TOKEN_FILE` (as the consul CLI reads them). */
+function envConsulToken(): string | undefined {
+  const token = process.env['CONSUL_HTTP_TOKEN'];
+  if (token) return token.trim();
+  const file = process.env['CONSUL_HTTP_TOKEN_FILE'];
+  if (!file) return undefined;
+  try {
+    return readFileSync(file, 'utf8').trim();
+  } catch (err) {
+    throw new TandemError('TANDEM_ERR_INVALID_CONFIG', 400, `cannot read CONSUL_HTTP_TOKEN_FILE (${(err as NodeJS.ErrnoException).code ?? 'error'})`, { cause: err });
   }
 }
 

@@ -99,6 +99,9 @@ describe('registration', () => {
       ['unknown check kind', { name: 'ok', version: '1.0.0', port: 80, check: { kind: 'grpc' } }, undefined, 'TANDEM_ERR_INVALID_SERVICE', /body\/check\/kind: must be one of/],
       ['unknown key', { name: 'ok', version: '1.0.0', port: 80, colour: 'red' }, undefined, 'TANDEM_ERR_INVALID_SERVICE', /body\/colour: unknown key/],
       ['malformed JSON', undefined, '{"name": "ok",', 'TANDEM_ERR_MALFORMED_JSON', /not valid JSON/],
+      // The sidecar's marks: only sidecars carry them, so the proxy can trust them.
+      ['the sidecar name', { name: 'tandem', version: '1.0.0', port: 80 }, undefined, 'TANDEM_ERR_RESERVED_SERVICE', /'tandem' is reserved/],
+      ['the sidecar tag', { name: 'ok', version: '1.0.0', port: 80, tags: ['tandem-sidecar'] }, undefined, 'TANDEM_ERR_RESERVED_SERVICE', /'tandem-sidecar' is reserved/],
     ];
     for (const [what, body, raw, code, message] of cases) {
       const res = await api('POST', `${base}/v1/services`, body, raw);
@@ -111,6 +114,11 @@ describe('registration', () => {
       assert.equal(res.headers.get('x-tandem-error'), code);
       assert.ok(!JSON.stringify(b).includes('    at '), 'no stack trace in responses');
     }
+    // An app cannot take over the sidecar's own registration by reusing its id.
+    const self = ((await api('GET', `${base}/v1/services`)).body as { id: string; source: string }[]).find((r) => r.source === 'sidecar');
+    const takeover = await api('POST', `${base}/v1/services`, { name: 'ok', version: '1.0.0', port: 80, id: self?.id });
+    assert.equal(takeover.status, 409);
+    assert.equal((takeover.body as { code: string }).code, 'TANDEM_ERR_PROTECTED_SERVICE');
     const missing = await api('DELETE', `${base}/v1/services/nope-1`);
     assert.equal(missing.status, 404);
     assert.equal((missing.body as { code: string }).code, 'TANDEM_ERR_SERVICE_NOT_FOUND');

@@ -4,6 +4,7 @@ import { test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Endpoint, EndpointSource, Subscription, Update } from '../../src/proxy/endpoint-source.ts';
 import { RoutingTable } from '../../src/proxy/routing-table.ts';
+import { eventually } from '../support/consul.ts';
 
 class FakeSource implements EndpointSource {
   readonly listeners = new Map<string, Set<(u: Update) => void>>();
@@ -78,5 +79,81 @@ test('the number of watched services is bounded', async () => {
   await assert.rejects(table.get('a'));
   await assert.rejects(table.get('b'));
   await assert.rejects(table.get('c'), { code: 'TANDEM_ERR_TOO_MANY_SERVICES' });
+  table.close();
+});
+
+/** A source that knows the catalog's names (like the names watch): unknown names cost nothing. */
+class NamedSource extends FakeSource {
+  names = new Set<string>();
+  answered = true;
+  problemText: string | undefined;
+  #waiters = new Map<string, Set<() => void>>();
+  problem(): string | undefined {
+    return this.problemText;
+  }
+  exists(service: string): boolean | Promise<boolean | undefined> {
+    return this.answered ? this.names.has(service) : new Promise((r) => setTimeout(() => r(undefined), 20));
+  }
+  whenExists(service: string, onExists: () => void): () => void {
+    const set = this.#waiters.get(service) ?? new Set();
+    set.add(onExists);
+    this.#waiters.set(service, set);
+    return () => set.delete(onExists);
+  }
+  waiting(service: string): number {
+    return this.#waiters.get(service)?.size ?? 0;
+  }
+  appear(service: string): void {
+    this.names.add(service);
+    for (const w of this.#waiters.get(service) ?? []) w();
+    this.#waiters.delete(service);
+  }
+}
+
+test('names the catalog does not have are refused at once, never watched, and never fill maxServices', async () => {
+  const source = new NamedSource();
+  source.names.add('real');
+  const table = new RoutingTable({ source, firstAnswerTimeoutMs: 5000, idleMs: 60_000, maxServices: 2, upstreams: [] });
+  const started = Date.now();
+  for (let i = 0; i < 50; i++) await assert.rejects(table.get(`made-up-${i}`), { code: 'TANDEM_ERR_UNKNOWN_SERVICE', statusCode: 503 });
+  assert.ok(Date.now() - started < 1000, 'without waiting for any watch');
+  assert.equal(source.listeners.size, 0, 'no watch started');
+  assert.equal(table.snapshot().length, 0, 'no entry in the routing table');
+  const p = table.get('real');
+  source.emit('real', { kind: 'reset', endpoints: [ep('a')] });
+  assert.deepEqual((await p).all.map((e) => e.id), ['a'], 'a real service still gets a slot');
+  source.problemText = 'the ACL token lacks service:read';
+  await assert.rejects(table.get('hidden'), { code: 'TANDEM_ERR_CONSUL_PERMISSION_DENIED' });
+  table.close();
+});
+
+test('when the catalog cannot say whether a name exists, the request fails with CATALOG_UNAVAILABLE and nothing is watched', async () => {
+  const source = new NamedSource();
+  source.answered = false;
+  const table = new RoutingTable({ source, firstAnswerTimeoutMs: 50, idleMs: 60_000, maxServices: 2, upstreams: [] });
+  await assert.rejects(table.get('maybe'), { code: 'TANDEM_ERR_CATALOG_UNAVAILABLE' });
+  assert.equal(source.listeners.size, 0);
+  table.close();
+});
+
+test('listen() on a name not in the catalog yet waits without a watch, then follows the service once it appears', async () => {
+  const source = new NamedSource();
+  const table = new RoutingTable({ source, firstAnswerTimeoutMs: 1000, idleMs: 60_000, maxServices: 10, upstreams: [] });
+  const sets: string[][] = [];
+  const { set, stop } = await table.listen('late', (s) => sets.push(s.all.map((e) => e.id)));
+  assert.equal(set.all.length, 0);
+  assert.equal(source.active('late'), 0, 'no watch while it does not exist');
+  assert.equal(source.waiting('late'), 1);
+  source.appear('late');
+  await eventually(() => source.active('late') === 1, 'watched once it appears', 1000);
+  source.emit('late', { kind: 'reset', endpoints: [ep('a')] });
+  await eventually(() => sets.some((s) => s.includes('a')), 'the listener sees its first set', 1000);
+  source.emit('late', { kind: 'add', endpoints: [ep('b')] });
+  assert.deepEqual(sets.at(-1), ['a', 'b']);
+  stop();
+  // A stream closed while still waiting leaves no waiter behind.
+  const other = await table.listen('never', () => assert.fail('never appears'));
+  other.stop();
+  assert.equal(source.waiting('never'), 0);
   table.close();
 });

@@ -1,0 +1,205 @@
+// One topic's events on this sidecar: the keys' format, what makes a stored event trustworthy, and delivery in publisher order.
+import type { TandemEvent } from '../protocol/wire.ts';
+
+export const EVENT_PREFIX = 'tandem/events/';
+const SEQ_DIGITS = 16;
+/**
+ * Seqs are µs since the epoch on the publisher's clock. One further ahead of ours than this is not
+ * trusted: a forged key with a huge seq would otherwise move every cursor past the real publisher's
+ * later events. A minute is far more than NTP-synchronised hosts drift apart.
+ */
+export const MAX_CLOCK_SKEW_MS = 60_000;
+
+/** Where a subscriber is: the last seq seen per publisher. Publishers not listed: everything retained. */
+export type Cursor = Record<string, number>;
+
+export interface EventKey {
+  key: string;
+  topic: string;
+  publisher: string;
+  seq: number;
+}
+
+export function eventKey(topic: string, publisher: string, seq: number): string {
+  return `${EVENT_PREFIX}${topic}/${publisher}/${String(seq).padStart(SEQ_DIGITS, '0')}`;
+}
+
+export function parseEventKey(key: string): EventKey | undefined {
+  if (!key.startsWith(EVENT_PREFIX)) return undefined;
+  const parts = key.slice(EVENT_PREFIX.length).split('/');
+  if (parts.length !== 3) return undefined;
+  const [topic, publisher, seq] = parts as [string, string, string];
+  if (!topic || !publisher || !/^[0-9]{1,16}$/.test(seq)) return undefined;
+  // At most 16 digits: beyond 2^53 the number is approximate, but such a seq is centuries ahead (see isFromTheFuture).
+  const n = Number(seq);
+  return n > 0 ? { key, topic, publisher, seq: n } : undefined;
+}
+
+/** True when the key's seq is further in the future than clock skew explains: ignore it and delete it. */
+export function isFromTheFuture(k: EventKey, nowMs: number): boolean {
+  return k.seq > (nowMs + MAX_CLOCK_SKEW_MS) * 1000;
+}
+
+/** The stored value: the publisher and seq are repeated so that a key copied or forged elsewhere does not match. */
+export function encodeEvent(publisher: string, seq: number, ts: number, payload: unknown): string {
+  return JSON.stringify({ publisher, seq, ts, payload });
+}
+
+/** The event a key and its stored value make, or undefined when the value does not belong to that key. */
+export function decodeEvent(k: EventKey, raw: string): TandemEvent | undefined {
+  let body: unknown;
+  try {
+    body = JSON.parse(raw);
+  } catch {
+    return undefined;
+  }
+  if (typeof body !== 'object' || body === null) return undefined;
+  const b = body as { publisher?: unknown; seq?: unknown; ts?: unknown; payload?: unknown };
+  if (b.publisher !== k.publisher || b.seq !== k.seq || typeof b.ts !== 'number' || !('payload' in b)) return undefined;
+  return { id: `${k.publisher}:${k.seq}`, topic: k.topic, publisher: k.publisher, seq: k.seq, ts: b.ts, payload: b.payload };
+}
+
+export interface FeedSubscriber {
+  /** Called once, with the cursor the subscriber starts from, before any event. */
+  start(cursor: Cursor): void;
+  event(e: TandemEvent): void;
+}
+
+interface Member {
+  handlers: FeedSubscriber;
+  asked: Cursor | undefined;
+  cursor: Cursor;
+  started: boolean;
+}
+
+/** Reads one key's value: undefined when it no longer exists; throws when Consul did not answer. */
+export type ReadValue = (key: string) => Promise<string | undefined>;
+
+/**
+ * A topic's state on one sidecar, fed the topic's keys by the event bus. Events reach subscribers in
+ * each publisher's seq order, once; an event whose read failed holds back that publisher's later
+ * events until a retry reads it (a cursor never moves past an event not yet delivered).
+ */
+export class TopicFeed {
+  readonly topic: string;
+  #members = new Set<Member>();
+  /** Delivered events still retained in Consul, by key. */
+  #delivered = new Map<string, TandemEvent>();
+  /** Read, but waiting behind an earlier event of the same publisher whose read failed. */
+  #held = new Map<string, TandemEvent>();
+  /** Keys whose value does not belong to them (forged or damaged): never read again. */
+  #rejected = new Set<string>();
+  /** Keys whose read failed, with their seq. */
+  #failed = new Map<string, EventKey>();
+  #keys: readonly EventKey[] = [];
+  #loaded = false;
+
+  constructor(topic: string) {
+    this.topic = topic;
+  }
+
+  get size(): number {
+    return this.#members.size;
+  }
+
+  get loaded(): boolean {
+    return this.#loaded;
+  }
+
+  /** Events whose read failed and will be retried. */
+  get failedReads(): number {
+    return this.#failed.size;
+  }
+
+  /**
+   * Adds a subscriber from `cursor` (undefined: only what is published from now on). It starts at
+   * once when the topic is loaded, otherwise after the first sync. Returns the function removing it.
+   */
+  add(handlers: FeedSubscriber, cursor: Cursor | undefined): () => void {
+    const m: Member = { handlers, asked: cursor ? { ...cursor } : undefined, cursor: {}, started: false };
+    this.#members.add(m);
+    if (this.#loaded) queueMicrotask(() => this.#members.has(m) && this.#start(m));
+    return () => void this.#members.delete(m);
+  }
+
+  /**
+   * Brings the feed up to `keys` (this topic's keys, as Consul listed them): reads the new ones, keeps
+   * those whose value matches its key, and delivers what is no longer held back. Returns the keys
+   * newly rejected (their value does not belong to them).
+   */
+  async sync(keys: readonly EventKey[], read: ReadValue, batch = 16): Promise<string[]> {
+    this.#keys = keys;
+    const present = new Set(keys.map((k) => k.key));
+    for (const map of [this.#delivered, this.#held, this.#failed]) for (const k of map.keys()) if (!present.has(k)) map.delete(k);
+    for (const k of this.#rejected) if (!present.has(k)) this.#rejected.delete(k);
+    const toRead = keys.filter((k) => !this.#delivered.has(k.key) && !this.#held.has(k.key) && !this.#rejected.has(k.key));
+    const rejected: string[] = [];
+    for (let i = 0; i < toRead.length; i += batch) {
+      await Promise.all(
+        toRead.slice(i, i + batch).map(async (k) => {
+          let raw: string | undefined;
+          try {
+            raw = await read(k.key);
+          } catch {
+            this.#failed.set(k.key, k);
+            return;
+          }
+          this.#failed.delete(k.key);
+          if (raw === undefined) return; // deleted meanwhile (retention)
+          const e = decodeEvent(k, raw);
+          if (e) this.#held.set(k.key, e);
+          else {
+            this.#rejected.add(k.key);
+            rejected.push(k.key);
+          }
+        }),
+      );
+    }
+    const released = this.#release();
+    if (!this.#loaded) {
+      this.#loaded = true;
+      for (const m of this.#members) this.#start(m);
+      return rejected;
+    }
+    for (const e of released) for (const m of this.#members) if (m.started) this.#offer(m, e);
+    return rejected;
+  }
+
+  /** Moves held events that nothing failed before into `delivered`; returns them in publisher, seq order. */
+  #release(): TandemEvent[] {
+    const blockedAt = new Map<string, number>();
+    for (const f of this.#failed.values()) blockedAt.set(f.publisher, Math.min(blockedAt.get(f.publisher) ?? Infinity, f.seq));
+    const out: [string, TandemEvent][] = [];
+    for (const [key, e] of this.#held) if (e.seq < (blockedAt.get(e.publisher) ?? Infinity)) out.push([key, e]);
+    for (const [key, e] of out) {
+      this.#held.delete(key);
+      this.#delivered.set(key, e);
+    }
+    return ordered(out.map(([, e]) => e));
+  }
+
+  /** What a subscriber "from now on" starts from: the newest listed seq of every publisher. */
+  #head(): Cursor {
+    const c: Cursor = {};
+    for (const k of this.#keys) if (!this.#rejected.has(k.key) && (c[k.publisher] ?? 0) < k.seq) c[k.publisher] = k.seq;
+    return c;
+  }
+
+  #start(m: Member): void {
+    if (m.started) return;
+    m.started = true;
+    m.cursor = { ...(m.asked ?? this.#head()) };
+    m.handlers.start({ ...m.cursor });
+    for (const e of ordered([...this.#delivered.values()])) this.#offer(m, e);
+  }
+
+  #offer(m: Member, e: TandemEvent): void {
+    if (e.seq <= (m.cursor[e.publisher] ?? 0)) return;
+    m.cursor[e.publisher] = e.seq;
+    m.handlers.event(e);
+  }
+}
+
+function ordered(list: TandemEvent[]): TandemEvent[] {
+  return list.sort((a, b) => (a.publisher < b.publisher ? -1 : a.publisher > b.publisher ? 1 : a.seq - b.seq));
+}

@@ -1,0 +1,128 @@
+// Unit tests of the event bus's pure logic: key format, trust on read, hold-back after a failed read, and a refused CAS.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import pino from 'pino';
+import { decodeEvent, encodeEvent, eventKey, isFromTheFuture, parseEventKey, TopicFeed, type Cursor, type EventKey } from '../../src/cluster/event-feed.ts';
+import { EventBus } from '../../src/cluster/event-bus.ts';
+import { isValidName } from '../../src/cluster/names.ts';
+import type { ConsulClient } from '../../src/consul/consul-client.ts';
+import type { TandemEvent } from '../../src/protocol/wire.ts';
+
+const NOW_US = 1_700_000_000_000_000;
+const key = (publisher: string, seq: number): EventKey => parseEventKey(eventKey('t', publisher, seq)) as EventKey;
+const stored = (k: EventKey, payload: unknown = k.seq) => encodeEvent(k.publisher, k.seq, Math.floor(k.seq / 1000), payload);
+
+function subscriber(feed: TopicFeed, cursor?: Cursor) {
+  const got: TandemEvent[] = [];
+  const starts: Cursor[] = [];
+  const close = feed.add({ start: (c) => starts.push(c), event: (e) => got.push(e) }, cursor);
+  return { got, starts, close, seqs: () => got.map((e) => `${e.publisher}:${e.seq - NOW_US}`) };
+}
+
+test('names: one segment of letters, digits, _ . -; never . or ..', () => {
+  for (const ok of ['orders', 'orders.created', 'a-b_c', '...', '.hidden', 'x'.repeat(128)]) assert.equal(isValidName(ok), true, ok);
+  for (const bad of ['', '.', '..', 'a/b', 'sp ace', 'x'.repeat(129), 'é']) assert.equal(isValidName(bad), false, bad);
+});
+
+test('keys round-trip; a value must name its key\'s publisher and seq', () => {
+  const k = key('p1', NOW_US + 5);
+  assert.equal(k.key, `tandem/events/t/p1/${String(NOW_US + 5).padStart(16, '0')}`);
+  assert.deepEqual(decodeEvent(k, stored(k, { a: 1 }))?.payload, { a: 1 });
+  assert.equal(decodeEvent(k, encodeEvent('p2', k.seq, 1, null)), undefined, 'other publisher');
+  assert.equal(decodeEvent(k, encodeEvent('p1', k.seq + 1, 1, null)), undefined, 'other seq');
+  assert.equal(decodeEvent(k, JSON.stringify({ ts: 1, payload: 1 })), undefined, 'no identity');
+  assert.equal(decodeEvent(k, 'not json'), undefined);
+  assert.equal(parseEventKey('tandem/events/t/p1/abc'), undefined);
+  assert.equal(parseEventKey('tandem/events/t/p1'), undefined);
+});
+
+test('a seq further ahead than clock skew is from the future; a little skew is not', () => {
+  const nowMs = NOW_US / 1000;
+  assert.equal(isFromTheFuture(key('p', NOW_US + 30_000_000), nowMs), false);
+  assert.equal(isFromTheFuture(key('p', NOW_US + 61_000_000), nowMs), true);
+  assert.equal(isFromTheFuture(key('p', 9_000_000_000_000_000), nowMs), true);
+  assert.equal(isFromTheFuture(parseEventKey('tandem/events/t/p/9999999999999999') as EventKey, nowMs), true, 'beyond 2^53');
+});
+
+test('a failed read holds back that publisher\'s later events (not others\'), until a retry reads it', async () => {
+  const feed = new TopicFeed('t');
+  const sub = subscriber(feed, {});
+  const values = new Map<string, string>();
+  let failing = new Set<string>();
+  const read = async (k: string) => {
+    if (failing.has(k)) throw new Error('Consul did not answer');
+    return values.get(k);
+  };
+  const keys = [key('a', NOW_US + 1), key('a', NOW_US + 2), key('a', NOW_US + 3), key('b', NOW_US + 1), key('b', NOW_US + 2)];
+  for (const k of keys) values.set(k.key, stored(k));
+  failing = new Set([keys[1]?.key as string]);
+  await feed.sync(keys, read);
+  await Promise.resolve();
+  assert.deepEqual(sub.seqs(), ['a:1', 'b:1', 'b:2'], 'a:3 waits for a:2');
+  assert.equal(feed.failedReads, 1);
+  failing = new Set();
+  await feed.sync(keys, read);
+  assert.deepEqual(sub.seqs(), ['a:1', 'b:1', 'b:2', 'a:2', 'a:3']);
+  assert.equal(feed.failedReads, 0);
+  // Nothing twice, whatever is synced again.
+  await feed.sync(keys, read);
+  assert.equal(sub.got.length, 5);
+});
+
+test('forged or damaged values are never delivered and never read twice', async () => {
+  const feed = new TopicFeed('t');
+  const sub = subscriber(feed, {});
+  const good = key('a', NOW_US + 1);
+  const forged = key('a', NOW_US + 2);
+  let reads = 0;
+  const values = new Map([[good.key, stored(good)], [forged.key, encodeEvent('mallory', forged.seq, 1, 'x')]]);
+  const read = async (k: string) => {
+    reads++;
+    return values.get(k);
+  };
+  assert.deepEqual(await feed.sync([good, forged], read), [forged.key]);
+  assert.deepEqual(await feed.sync([good, forged], read), []);
+  assert.equal(reads, 2);
+  assert.deepEqual(sub.seqs(), ['a:1']);
+});
+
+test('a subscriber without cursor starts at the head: only later events reach it', async () => {
+  const feed = new TopicFeed('t');
+  const values = new Map<string, string>();
+  const read = async (k: string) => values.get(k);
+  const k1 = key('a', NOW_US + 1);
+  values.set(k1.key, stored(k1));
+  const early = subscriber(feed, {});
+  await feed.sync([k1], read);
+  const late = subscriber(feed);
+  await Promise.resolve();
+  assert.deepEqual(late.starts, [{ a: NOW_US + 1 }]);
+  const k2 = key('a', NOW_US + 2);
+  values.set(k2.key, stored(k2));
+  await feed.sync([k1, k2], read);
+  assert.deepEqual(early.seqs(), ['a:1', 'a:2']);
+  assert.deepEqual(late.seqs(), ['a:2']);
+  late.close();
+  assert.equal(feed.size, 1);
+});
+
+test('publish fails with 409 TANDEM_ERR_EVENT_NOT_STORED when the CAS write stores nothing (stubbed Consul)', async () => {
+  const puts: { key: string; cas: number | undefined; token: string | undefined }[] = [];
+  let answer = false;
+  const consul = {
+    kvPut: async (k: string, _v: string, o: { cas?: number }, call?: { token?: string }) => {
+      puts.push({ key: k, cas: o.cas, token: call?.token });
+      return answer;
+    },
+  } as unknown as ConsulClient;
+  const bus = new EventBus({ consul, logger: pino({ level: 'silent' }), retentionMs: 60_000, waitMs: 1000, maxBackoffMs: 1000 });
+  bus.start('pub-1');
+  await assert.rejects(bus.publish('orders', { n: 1 }, { token: 'caller' }), (err: { code: string; statusCode: number }) => err.code === 'TANDEM_ERR_EVENT_NOT_STORED' && err.statusCode === 409);
+  assert.equal(puts[0]?.cas, 0);
+  assert.equal(puts[0]?.token, 'caller', "the caller's credentials");
+  answer = true;
+  const e = await bus.publish('orders', { n: 2 });
+  assert.ok(e.seq > (parseEventKey(puts[0]?.key ?? '')?.seq ?? Infinity), 'seqs keep increasing');
+  assert.throws(() => bus.publish('..', {}), (err: { code: string }) => err.code === 'TANDEM_ERR_INVALID_TOPIC');
+  bus.close();
+});
