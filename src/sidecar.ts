@@ -237,7 +237,7 @@ export class Sidecar {
             return st ? { lastOkAt: st.lastOkAt, stale: st.stale } : undefined;
           },
         }),
-        eventRoutes(bus, c.events.maxPayloadBytes),
+        eventRoutes(bus, c.events.maxPayloadBytes, { published: () => metrics.eventsPublished.inc(), delivered: () => metrics.eventsDelivered.inc() }),
         statusRoutes({
           metrics,
           table,
@@ -256,6 +256,7 @@ export class Sidecar {
           }),
         }),
         lineageRoutes({
+          onPromoted: () => metrics.promotions.inc(),
           elections,
           drain,
           directory: new Directory(this.#consul),

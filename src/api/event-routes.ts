@@ -25,12 +25,19 @@ function parseCursor(text: string | undefined): Cursor | undefined {
   }
 }
 
-export function eventRoutes(bus: EventBus, maxPayloadBytes: number): RoutePlugin {
+/** Counters the routes move (metrics); optional so tests can build the routes alone. */
+export interface EventCounters {
+  published(): void;
+  delivered(): void;
+}
+
+export function eventRoutes(bus: EventBus, maxPayloadBytes: number, counters?: EventCounters): RoutePlugin {
   return (app: FastifyInstance) => {
     // The body is the payload: any JSON value up to maxPayloadBytes (413 TANDEM_ERR_BODY_TOO_LARGE beyond);
     // 409 TANDEM_ERR_EVENT_NOT_STORED when Consul did not store it.
     app.post<{ Params: { topic: string }; Body: unknown }>('/v1/events/:topic', { schema: { params }, bodyLimit: maxPayloadBytes }, async (req, reply) => {
       const e = await bus.publish(req.params.topic, req.body ?? null, credentials(req));
+      counters?.published();
       return reply.code(201).send({ id: e.id, topic: e.topic, publisher: e.publisher, seq: e.seq, ts: e.ts });
     });
 
@@ -46,7 +53,10 @@ export function eventRoutes(bus: EventBus, maxPayloadBytes: number): RoutePlugin
         const out: { sse?: SseStream } = {};
         const sub = bus.subscribe(req.params.topic, cursor, {
           start: (c) => out.sse?.send('cursor', c),
-          event: (e) => out.sse?.send('event', e, e.id),
+          event: (e) => {
+            counters?.delivered();
+            out.sse?.send('event', e, e.id);
+          },
         });
         try {
           out.sse = openSse(req, reply);

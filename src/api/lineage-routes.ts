@@ -19,6 +19,8 @@ export interface LineageDeps {
   directory: Directory;
   defaultDrainDeadlineMs: number;
   registrar: Registrar;
+  /** Told about every promotion of a local contender (metrics). */
+  onPromoted?: () => void;
 }
 
 const groupParams = {
@@ -47,7 +49,10 @@ export function lineageRoutes(deps: LineageDeps): RoutePlugin {
         // The campaign's events are asynchronous: the stream is open before the first one.
         const out: { sse?: SseStream } = {};
         const campaign = deps.elections.campaign(group, serviceId, credentials(req), {
-          promoted: (info) => out.sse?.send('promoted', info),
+          promoted: (info) => {
+            deps.onPromoted?.();
+            out.sse?.send('promoted', info);
+          },
           demoted: (reason) => out.sse?.send('demoted', { group, reason }),
           error: (message) => out.sse?.send('error', { group, message }),
         });

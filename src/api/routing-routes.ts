@@ -96,7 +96,13 @@ export function routingRoutes(deps: RoutingRoutesDeps): RoutePlugin {
             out.sse?.end();
           },
         );
-        const sse = openSse(req, reply);
+        let sse: SseStream;
+        try {
+          sse = openSse(req, reply);
+        } catch (err) {
+          stop(); // refused (too many streams): the watch must not outlive the request
+          throw err;
+        }
         out.sse = sse;
         sse.onClose(stop);
         known = routable(set);

@@ -82,3 +82,35 @@ test('tandem status matches Consul', async () => {
   assert.match(table, /Routing table/);
   assert.match(table, /obs\s+\* 3\/3/);
 });
+
+test('pub/sub and election counters move: published, delivered, promotions', { timeout: 60_000 }, async () => {
+  const { Tandem } = await import('../../src/sdk/index.ts');
+  const read = async () => (await fetch(`${side.api}/metrics`)).text();
+  const before = await read();
+  const base = {
+    published: metric(before, 'tandem_events_published_total', {}),
+    delivered: metric(before, 'tandem_events_delivered_total', {}),
+    promotions: metric(before, 'tandem_election_promotions_total', {}),
+  };
+  const tandem = new Tandem({ url: side.api });
+  const got: unknown[] = [];
+  const stop = tandem.subscribe('obs-metrics', (payload) => got.push(payload));
+  // The subscription is live once an event published now arrives.
+  await eventually(async () => {
+    await tandem.publish('obs-metrics', { n: got.length });
+    return got.length > 0;
+  }, 'an event delivered to the subscriber');
+  const r = await api('POST', `${side.api}/v1/services`, { name: 'obs-leader', version: '1.0.0', port: ups[0]?.port ?? 1, check: { kind: 'ttl', ttlMs: 60_000 } });
+  const id = (r.body as { id: string }).id;
+  await api('PUT', `${side.api}/v1/services/${id}/heartbeat`);
+  let promoted = false;
+  const election = tandem.elect('obs-metrics-group', { service: id, onPromote: () => (promoted = true), onDemote: () => undefined });
+  await eventually(() => promoted, 'the contender promoted');
+  const after = await read();
+  stop();
+  await election.resign();
+  await api('DELETE', `${side.api}/v1/services/${id}`);
+  assert.ok(metric(after, 'tandem_events_published_total', {}) > base.published, 'published did not move');
+  assert.ok(metric(after, 'tandem_events_delivered_total', {}) > base.delivered, 'delivered did not move');
+  assert.equal(metric(after, 'tandem_election_promotions_total', {}), base.promotions + 1);
+});
