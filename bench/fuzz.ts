@@ -9,9 +9,11 @@
 //
 // One process tree: a Consul dev agent, one upstream (this file run with `--upstream <port>`: it answers every request
 // with what it received, as JSON) and `node bin/tandem.js start --log-level warn`. Everything listens on and connects to
-// 127.0.0.1 only. Cases: raw requests from a grammar (odd methods, targets, headers, bodies), byte-level mutations of
-// those, pipelines, garbage, JSON specs for POST /v1/services; plus slowloris connections and bursts of 500 concurrent
-// connections. Every response is parsed and checked; the sidecar's pid, /v1/health and stderr are watched throughout.
+// 127.0.0.1 only: the sidecar runs with proxy.egress.mode=allow-list and an empty list, so no mutated host or address
+// (a public IP, a name that would need DNS) is ever contacted, and every loopback target (Consul, the upstream's own
+// port, the control API) must be refused by the policy; a CONNECT to the catalog service opens a tunnel. Cases: raw
+// requests from a grammar (odd methods, targets, headers, bodies), byte-level mutations of those, pipelines, garbage,
+// JSON specs for POST /v1/services; plus slowloris connections and bursts of 500 concurrent connections. Every response is parsed and checked; the sidecar's pid, /v1/health and stderr are watched throughout.
 // Afterwards: valid traffic, RSS and open fds against the baseline, then a SIGTERM that must stop the sidecar (and
 // deregister its services) within 30 s. Summary on stdout, progress on stderr. Exit status 0 clean, 1 violation or
 // crash, 130 interrupted. Violations fail the run; findings (contract deviations outside the checks above) are listed.
@@ -245,7 +247,7 @@ function randPath(r: Rng): string {
   return p;
 }
 
-type Tag = 'valid' | 'foreign' | 'traversal' | 'other';
+type Tag = 'valid' | 'foreign' | 'traversal' | 'tunnel' | 'other';
 
 function proxyTarget(r: Rng, ctx: Ctx): { target: string; tag: Tag } {
   const c = ctx.consulPort;
@@ -588,8 +590,9 @@ function grammarRequest(r: Rng, listener: Listener, ctx: Ctx): { req: RawRequest
     tag = t.tag;
     bodyKind = m === 'POST' || m === 'PUT' || m === 'PATCH' ? (r.chance(0.8) ? 'random' : 'none') : r.chance(0.1) ? 'random' : 'none';
     if (m === 'CONNECT' && r.chance(0.6)) {
-      target = r.pick([`${HOST}:${ctx.consulPort}`, 'example.invalid:443', `${SERVICE}.service.consul:80`, `${HOST}:${ctx.upstreamPort}`]);
-      tag = 'foreign';
+      target = r.pick([`${HOST}:${ctx.consulPort}`, 'example.invalid:443', `${SERVICE}.service.consul:80`, `${HOST}:${ctx.upstreamPort}`, `${HOST}:${ctx.apiPort}`, `localhost:${ctx.consulPort}`]);
+      // A CONNECT to a catalog service is a tunnel Tandem terminates; anything else is egress, refused here.
+      tag = target.startsWith(`${SERVICE}.`) ? 'tunnel' : 'foreign';
     }
   } else {
     const t = apiTarget(r, ctx);
@@ -637,6 +640,7 @@ function expectationFor(tag: Tag, listener: Listener, m: string): Expectation | 
   if (listener !== 'proxy') return undefined;
   const refused = (r: ParsedResponse) => r.status >= 400 && !r.headers.has('x-tandem-instance');
   if (tag === 'foreign') return { what: 'a foreign absolute-form target (or CONNECT) is refused by the proxy itself (>= 400, no x-tandem-instance)', ok: refused, severity: 'violation' };
+  if (tag === 'tunnel') return { what: 'a CONNECT to a catalog service opens a tunnel (200) or is refused in the error shape (>= 400)', ok: (r) => (r.status === 200 || r.status >= 400) && !r.headers.has('x-tandem-instance'), severity: 'violation' };
   if (tag === 'traversal') return { what: "a '..' / encoded-separator path is refused by the proxy itself (>= 400, no x-tandem-instance)", ok: refused, severity: 'violation' };
   if (m === 'CONNECT') return { what: 'CONNECT is refused by the proxy itself', ok: refused, severity: 'violation' };
   return undefined;
@@ -886,7 +890,8 @@ class ResponseStream {
         continue;
       }
       const method = (this.#methods[this.finals.length] ?? 'GET').toUpperCase();
-      if (status === 101) {
+      // 2xx to CONNECT: a tunnel; what follows belongs to the tunnel, not to this connection's HTTP.
+      if (status === 101 || (method === 'CONNECT' && status >= 200 && status < 300)) {
         this.finals.push({ status, method, statusLine, headers, body: Buffer.alloc(0), excerpt: excerpt(bodyStart) });
         this.upgraded = true;
         return;
@@ -1263,7 +1268,7 @@ function checkCase(c: FuzzCase, r: ConnResult, s: Stats): void {
     }
     const code = parseJsonCode(res);
     if (res.status >= 500 && code === 'TANDEM_ERR_INTERNAL') s.finding(`${c.listener}: 500 TANDEM_ERR_INTERNAL (an unexpected exception inside the sidecar)`, ex('internal error', res));
-    if (c.listener === 'proxy' && res.status >= 200 && res.status < 400 && !fromUpstream) s.violation('proxy success without x-tandem-instance (not from a catalog instance)', ex('2xx/3xx without x-tandem-instance', res));
+    if (c.listener === 'proxy' && res.status >= 200 && res.status < 400 && !fromUpstream && !(res.method === 'CONNECT' && res.status === 200)) s.violation('proxy success without x-tandem-instance (not from a catalog instance)', ex('2xx/3xx without x-tandem-instance', res));
     if (c.listener === 'proxy' && fromUpstream) {
       const echo = parseJson(res.body);
       if (isRecord(echo) && echo['service'] === SERVICE && typeof echo['url'] === 'string') {
@@ -1442,6 +1447,8 @@ async function startSidecar(consul: string, apiPort: number, proxyPort: number, 
     '--advertise', HOST,
     '--set', 'registration.checkIntervalMs=1000',
     '--set', 'registration.drainMs=200',
+    // Egress to nothing: foreign targets are refused without a connection or a DNS lookup (see the header).
+    '--set', 'proxy.egress.mode=allow-list',
   ];
   // Only PATH: no CONSUL_HTTP_* or TANDEM_* from the caller's environment leaks into the run.
   const child = spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'], env: { PATH: process.env['PATH'] ?? '' } });

@@ -25,6 +25,7 @@ import { Forwarder } from './proxy/forwarder.ts';
 import { OutlierDetector } from './proxy/outlier-detector.ts';
 import { ProxyServer } from './proxy/proxy-server.ts';
 import { ControlPlaneGuard } from './proxy/control-plane.ts';
+import { EgressPolicy, isLoopbackHost } from './proxy/egress.ts';
 import { RangeCache } from './proxy/range-cache.ts';
 import { RoutingTable } from './proxy/routing-table.ts';
 import { HealthTracker } from './proxy/health-tracker.ts';
@@ -77,6 +78,13 @@ export class Sidecar {
     this.#store = new StateStore(this.config.stateDir);
   }
 
+  /** Consul as the sidecar sees it now: `down` = unreachable, `forbidden` = refusing the sidecar's ACL token. */
+  get consulState(): 'up' | 'down' | 'unknown' | 'forbidden' {
+    const r = this.#registrar;
+    if (!r) return 'unknown';
+    return r.permissionProblem ? 'forbidden' : r.consulReachable === undefined ? 'unknown' : r.consulReachable ? 'up' : 'down';
+  }
+
   get addresses(): SidecarAddresses {
     if (!this.#addresses) throw new Error('sidecar not started');
     return this.#addresses;
@@ -111,6 +119,7 @@ export class Sidecar {
       checkIntervalMs: c.registration.checkIntervalMs,
       checkTimeoutMs: c.registration.checkTimeoutMs,
       ttlMs: c.registration.ttlMs,
+      livenessGraceMs: c.registration.livenessGraceMs,
       configServices: c.services as ServiceSpec[],
     });
     this.#registrar = registrar;
@@ -153,6 +162,9 @@ export class Sidecar {
     const balancer = new Balancer(outliers, health);
     const ranges = new RangeCache();
     const proxyListen = parseListen(c.proxy.listen);
+    if (c.proxy.egress.mode === 'public' && !isLoopbackHost(proxyListen.host)) {
+      this.logger.warn({ listen: c.proxy.listen }, 'proxy.egress.mode is public on a proxy that listens beyond loopback: any host that reaches the proxy can use it to reach public addresses');
+    }
     const metrics = new Metrics(
       {
         watches: () => watcher.stats(),
@@ -177,6 +189,7 @@ export class Sidecar {
       retryBufferBytes: c.proxy.retryBufferBytes,
       maxUrlBytes: c.proxy.maxUrlBytes,
       maxHeaderBytes: c.proxy.maxHeaderBytes,
+      headersTimeoutMs: c.proxy.headersTimeoutMs,
       upstreamTimeoutMs: c.proxy.upstreamTimeoutMs,
       requestTimeoutMs: c.proxy.requestTimeoutMs,
       retryBudget: new RetryBudget({ ...c.proxy.retryBudget }),
@@ -185,6 +198,8 @@ export class Sidecar {
       observer: metrics,
       guard,
       sidecars: watcher,
+      // Hosts that are not catalog services (see docs/security.md): judged on the resolved address, control planes never.
+      egress: new EgressPolicy({ ...c.proxy.egress, listenHost: proxyListen.host, guard, connectTimeoutMs: c.proxy.connectTimeoutMs }),
     });
     this.#proxy = proxy;
 
@@ -217,7 +232,7 @@ export class Sidecar {
       version: TANDEM_VERSION,
       registrar,
       status: () => ({
-        consul: registrar.permissionProblem ? 'forbidden' : registrar.consulReachable === undefined ? 'unknown' : registrar.consulReachable ? 'up' : 'down',
+        consul: this.consulState,
         outage: watcher.outage,
         watched: watcher.stats().length,
         proxy: this.#addresses?.proxy ?? '',
@@ -281,7 +296,9 @@ export class Sidecar {
       port: apiPort,
       tags: ['tandem-sidecar'],
       meta: { api: `${apiListen.host}:${apiPort}`, proxy: `${proxyListen.host}:${proxyPort}` },
-      check: { kind: 'http', path: '/v1/health' },
+      // Its own check asks for liveness only (see the control API's health route): a sidecar that
+      // answers is never reaped, however degraded; one that does not is, after the backstop.
+      check: { kind: 'http', path: '/v1/health?from=consul' },
       // A sidecar listening on one address is checked there; on a wildcard, at the advertised address.
       ...(wildcard || isIP(apiListen.host) === 0 ? {} : { address: apiListen.host }),
     };

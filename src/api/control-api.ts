@@ -12,6 +12,7 @@ import {
 import type { Registrar } from '../registration/registrar.ts';
 import type { ConsulPermissionError } from '../consul/errors.ts';
 import { credentials, setCredentials } from './credentials.ts';
+import { openSse, type SseStream } from './sse.ts';
 import { ajv, formatErrors, serviceSpecRef } from '../config/schemas.ts';
 import type { ErrorObject } from 'ajv';
 
@@ -26,7 +27,7 @@ export interface ControlApiOptions {
   version: string;
   /** Health details for the sidecar's own check: keep it tiny, Consul shows it verbatim. */
   status: () => { consul: 'up' | 'down' | 'unknown' | 'forbidden'; outage: boolean; watched: number; proxy: string };
-  /** When set, every route but `GET /v1/health` needs `Authorization: Bearer <token>`. */
+  /** When set, every route but `GET /v1/health` (with any query) needs `Authorization: Bearer <token>`. */
   token?: string | undefined;
   /**
    * The local agent enforces ACLs (the sidecar asks it once at start): every write (any method but GET and
@@ -53,6 +54,8 @@ export class ControlApi {
       // Request logs are info-level: a warn-level child keeps them out (access logs belong to the proxy).
       loggerInstance: opts.logger.child({ component: 'control-api' }, { level: 'warn' }) as FastifyBaseLogger,
       forceCloseConnections: true,
+      // Names and ids may be 128 characters, percent-encoded up to three times that: fastify's default (100) would cut them.
+      routerOptions: { maxParamLength: 512 },
       // URL and parameter errors fastify raises before routing go through the same error mapping.
       frameworkErrors: (err, _req, reply) => {
         const e =
@@ -107,7 +110,7 @@ export class ControlApi {
   #authenticate(apiToken: string | undefined, aclsEnabled: boolean): void {
     const expected = apiToken === undefined ? undefined : createHash('sha256').update(apiToken).digest();
     this.#app.addHook('onRequest', async (req) => {
-      if (req.method === 'GET' && req.url === '/v1/health') return;
+      if (req.method === 'GET' && (req.url === '/v1/health' || req.url.startsWith('/v1/health?'))) return;
       let proved = false;
       if (expected) {
         const got = /^Bearer (.+)$/.exec(req.headers.authorization ?? '')?.[1] ?? '';
@@ -155,13 +158,47 @@ export class ControlApi {
     const app = this.#app;
     const registrar = this.#o.registrar;
 
-    app.get('/v1/health', { schema: {} }, async () => ({ status: 'ok', version: this.#o.version, ...this.#o.status() }));
+    // For supervisors and load balancers: 503 `degraded` while Consul is unreachable or refuses the
+    // sidecar's token (routing goes on from the last good view, but registrations and fresh views wait).
+    // `?from=consul` is the sidecar's own Consul check, which only says whether it is alive: 200 while
+    // it answers, 429 (Consul: warning) while Consul refuses its token — shown in the UI, and never
+    // reaped by DeregisterCriticalServiceAfter, which a critical would be after a minute. The body is
+    // what the UI shows as the check's output: keep it tiny.
+    app.get('/v1/health', { schema: {} }, async (req, reply) => {
+      const st = this.#o.status();
+      const degraded = st.consul === 'down' || st.consul === 'forbidden' || st.outage;
+      const forConsul = (req.query as { from?: unknown }).from === 'consul';
+      const code = forConsul ? (st.consul === 'forbidden' ? 429 : 200) : degraded ? 503 : 200;
+      return reply.code(code).send({ status: degraded ? 'degraded' : 'ok', version: this.#o.version, ...st });
+    });
 
     app.get('/v1/services', { schema: {} }, async () => registrar.list());
 
-    app.post<{ Body: ServiceSpec }>('/v1/services', { schema: { body: serviceSpecRef }, config: { bodyKind: 'service' } }, async (req, reply) => {
-      const { registration, pending } = await registrar.register(req.body, credentials(req), this.#mayDefer(req));
-      return reply.code(pending ? 202 : 201).send({ ...registration, pending });
+    // `?liveness=true`: the app holds POST /v1/services/:id/liveness open (the SDK does), and the
+    // registration goes a grace after that stream closes for good — from now, so an app that dies
+    // before opening it leaves no zombie either.
+    app.post<{ Body: ServiceSpec; Querystring: { liveness?: 'true' | 'false' } }>(
+      '/v1/services',
+      { schema: { body: serviceSpecRef, querystring: { type: 'object', additionalProperties: false, properties: { liveness: { enum: ['true', 'false'] } } } }, config: { bodyKind: 'service' } },
+      async (req, reply) => {
+        const { registration, pending } = await registrar.register(req.body, credentials(req), this.#mayDefer(req), { liveness: req.query.liveness === 'true' });
+        return reply.code(pending ? 202 : 201).send({ ...registration, pending });
+      },
+    );
+
+    // The liveness stream: open while the app lives (the kernel closes it when the process dies, however
+    // it dies). A POST, so that under ACLs it needs the same credentials as the registration it can end.
+    app.post<{ Params: { id: string } }>('/v1/services/:id/liveness', { schema: { params: idParams } }, async (req, reply) => {
+      const release = await registrar.holdLiveness(req.params.id);
+      let sse: SseStream;
+      try {
+        sse = openSse(req, reply);
+      } catch (err) {
+        release(); // 503: too many streams; the app retries within the grace
+        throw err;
+      }
+      sse.onClose(release);
+      sse.send('alive', { id: req.params.id, graceMs: registrar.livenessGraceMs });
     });
 
     app.delete<{ Params: { id: string } }>('/v1/services/:id', { schema: { params: idParams } }, async (req, reply) => {

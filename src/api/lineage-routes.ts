@@ -6,7 +6,7 @@ import type { DrainController, DrainRequest } from '../cluster/drain.ts';
 import type { Elections } from '../cluster/election.ts';
 import type { Directory } from '../cluster/members.ts';
 import { nameSchema } from '../cluster/names.ts';
-import { ServiceNotFoundError } from '../common/errors.ts';
+import { CallerTokenRefusedError, ServiceNotFoundError } from '../common/errors.ts';
 import type { Registrar } from '../registration/registrar.ts';
 import { SERVICE_NAME_PATTERN } from '../config/schemas.ts';
 import { credentials } from './credentials.ts';
@@ -48,13 +48,21 @@ export function lineageRoutes(deps: LineageDeps): RoutePlugin {
         if (!deps.registrar.has(serviceId)) throw new ServiceNotFoundError(serviceId);
         // The campaign's events are asynchronous: the stream is open before the first one.
         const out: { sse?: SseStream } = {};
-        const campaign = deps.elections.campaign(group, serviceId, credentials(req), {
+        const call = credentials(req);
+        const campaign = deps.elections.campaign(group, serviceId, call, {
           promoted: (info) => {
             deps.onPromoted?.();
             out.sse?.send('promoted', info);
           },
           demoted: (reason) => out.sse?.send('demoted', { group, reason }),
           error: (message) => out.sse?.send('error', { group, message }),
+          // Consul refused the campaign's token: it has ended, so the stream says why (named as the
+          // caller's refusal when it was the caller's token) and closes instead of retrying forever.
+          refused: (err) => {
+            const e = call.token !== undefined ? new CallerTokenRefusedError(err.action, err.detail) : err;
+            out.sse?.send('error', { group, code: e.code, message: e.message });
+            out.sse?.end();
+          },
         });
         try {
           out.sse = openSse(req, reply);
@@ -114,9 +122,22 @@ export function lineageRoutes(deps: LineageDeps): RoutePlugin {
       '/v1/services/:id/ready-to-stop',
       { schema: { params: { type: 'object', additionalProperties: false, required: ['id'], properties: { id: { type: 'string', minLength: 1, maxLength: 128 } } } } },
       async (req) => {
-        if (!deps.registrar.has(req.params.id)) throw new ServiceNotFoundError(req.params.id);
-        deps.drain.readyToStop(req.params.id);
-        return { id: req.params.id, readyToStop: true };
+        const { id } = req.params;
+        if (!deps.registrar.has(id)) throw new ServiceNotFoundError(id);
+        const drain = deps.drain.state;
+        // Outside a drain (and for entries no drain waits for, like the sidecar's own) there is nothing
+        // to end early: nothing is recorded, so there is nothing to authorise.
+        if (drain.state !== 'draining' || !deps.registrar.appServices().some((a) => a.id === id)) return { id, readyToStop: false };
+        // Ending a drain early is a write on this service, yet it makes no Consul write of its own: have
+        // Consul check the caller's token (service:write on it) with a no-op maintenance write, so a
+        // made-up token, or one for another service, cannot cut the drain short. The reason is the
+        // drain's own, in case Consul does apply it. Without a token of its own the caller got past the
+        // auth hook already (ACLs off, or it proved api.token): the sidecar's token would prove nothing.
+        const call = credentials(req);
+        if (call.token !== undefined) await deps.elections.proveServiceWrite(id, `tandem drain: ${drain.reason}`, call);
+        if (deps.drain.state.state !== 'draining') return { id, readyToStop: false }; // undrained meanwhile
+        deps.drain.readyToStop(id);
+        return { id, readyToStop: true };
       },
     );
 

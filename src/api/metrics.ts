@@ -1,7 +1,7 @@
 // Prometheus metrics (prom-client, one registry owned here) and the proxy's access log, behind ProxyObserver.
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { Logger } from 'pino';
-import type { ProxyObserver, RequestRecord } from '../proxy/proxy-observer.ts';
+import type { EgressRecord, ProxyObserver, RequestRecord } from '../proxy/proxy-observer.ts';
 
 export interface MetricsSources {
   /** Age of each watched service's view and whether it is stale. */
@@ -28,6 +28,7 @@ export class Metrics implements ProxyObserver {
   #retries: Counter<'service'>;
   #budget: Counter<'service'>;
   #ejections: Counter<'service'>;
+  #egress: Counter<'kind' | 'outcome'>;
   readonly consulErrors: Counter<'operation'>;
   readonly eventsPublished: Counter;
   readonly eventsDelivered: Counter;
@@ -51,6 +52,7 @@ export class Metrics implements ProxyObserver {
     this.#retries = new Counter({ name: 'tandem_proxy_retries_total', help: 'Tries on another instance after a failed one', labelNames: ['service'], registers });
     this.#budget = new Counter({ name: 'tandem_proxy_retry_budget_exhausted_total', help: 'Retries refused by the retry budget', labelNames: ['service'], registers });
     this.#ejections = new Counter({ name: 'tandem_proxy_ejections_total', help: 'Instances ejected after consecutive failures', labelNames: ['service'], registers });
+    this.#egress = new Counter({ name: 'tandem_proxy_egress_total', help: 'Requests (http) and tunnels (connect) to hosts that are not catalog services, by outcome (forwarded, refused by proxy.egress, failed, aborted)', labelNames: ['kind', 'outcome'], registers });
     this.consulErrors = new Counter({ name: 'tandem_consul_errors_total', help: 'Failed Consul calls by operation', labelNames: ['operation'], registers });
     this.eventsPublished = new Counter({ name: 'tandem_events_published_total', help: 'Pub/sub events published through this sidecar', registers });
     this.eventsDelivered = new Counter({ name: 'tandem_events_delivered_total', help: 'Pub/sub events delivered to local subscribers', registers });
@@ -146,6 +148,11 @@ export class Metrics implements ProxyObserver {
     }
     h.observe(r.durationMs / 1000);
     this.#access?.info({ reqId: r.requestId, service: r.service, method: r.method, path: r.path, status: r.status, outcome: r.outcome, tries: r.tries, instance: r.instance, ms: Math.round(r.durationMs * 1000) / 1000 }, 'access');
+  }
+
+  egress(r: EgressRecord): void {
+    this.#egress.labels(r.kind, r.outcome).inc();
+    this.#access?.info({ egress: r.target, kind: r.kind, method: r.method, status: r.status, outcome: r.outcome, ms: Math.round(r.durationMs * 1000) / 1000 }, 'access');
   }
 
   retry(service: string): void {

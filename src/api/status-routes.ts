@@ -23,10 +23,12 @@ export function statusRoutes(deps: StatusDeps): RoutePlugin {
     app.get('/metrics', { schema: {} }, async (_req, reply) => reply.header('content-type', deps.metrics.contentType).send(await deps.metrics.text()));
 
     app.get('/v1/status', { schema: {} }, async () => {
+      // Each registration with its Consul health, read from the local agent (`unknown` when it cannot be read).
+      const registrations = await deps.registrar.snapshotWithHealth();
       const now = Date.now();
       return {
         ...deps.info(),
-        registrations: deps.registrar.snapshot(),
+        registrations,
         routing: deps.table.snapshot().map(({ service, set, pinned }) => {
           const w = deps.watches(service);
           return {

@@ -64,7 +64,7 @@ interface StatusView {
   consul: string;
   consulReachable: boolean | null;
   outage: boolean;
-  registrations: { id: string; name: string; version: string; source: string; state: string }[];
+  registrations: { id: string; name: string; version: string; source: string; state: string; health?: string }[];
   routing: {
     service: string;
     viewAgeMs: number | null;
@@ -80,7 +80,7 @@ export const OPERATOR_USAGE = `Operator commands (they talk to a sidecar's contr
   tandem leaders <group>                                  the current leader of an election group
   tandem members [--service S] [--node N] [--healthy|--critical] [--json]
                                                           every instance in the cluster with version, node, health
-  tandem status [--json]                                  this sidecar's routing table and registrations
+  tandem status [--json]                                  this sidecar's registrations (with their Consul health) and routing table
 `;
 
 /** Runs one operator command; resolves with the exit code. */
@@ -135,7 +135,7 @@ export async function runOperator(command: string, args: readonly string[], out:
       }
       out(`tandem ${st.version} on ${st.node}; Consul ${st.consul} ${st.consulReachable === false ? 'UNREACHABLE' : 'reachable'}${st.outage ? ' (OUTAGE MODE: routing from the last good view)' : ''}\n\n`);
       out('Registrations\n');
-      out(`${table([['ID', 'SERVICE', 'VERSION', 'SOURCE', 'STATE'], ...st.registrations.map((r) => [r.id, r.name, r.version, r.source, r.state])])}\n\nRouting table\n`);
+      out(`${table([['ID', 'SERVICE', 'VERSION', 'SOURCE', 'STATE', 'HEALTH'], ...st.registrations.map((r) => [r.id, r.name, r.version, r.source, r.state, r.health ?? 'unknown'])])}\n\nRouting table\n`);
       const rows = [['SERVICE', 'RANGES (healthy/in range, ring)', 'INSTANCE', 'VERSION', 'HEALTH', 'VIEW AGE']];
       for (const s of st.routing) {
         const ranges = s.ranges.map((r) => `${r.range} ${r.healthy}/${r.instances}${r.stickyRingSize ? ` ring ${r.stickyRingSize}` : ''}`).join(', ') || '-';

@@ -83,6 +83,10 @@ async function runStart(args: readonly string[]): Promise<number> {
     await sidecar.close().catch(() => undefined);
     return 1;
   }
+  // One plain line for whoever started it, beside the JSON logs: the sidecar runs, but not fully.
+  const consul = sidecar.config.consul.address;
+  if (sidecar.consulState === 'down') process.stderr.write(`tandem: Consul at ${consul} is unreachable; Tandem keeps retrying and routes from its persisted view meanwhile (GET /v1/health answers 503 degraded)\n`);
+  if (sidecar.consulState === 'forbidden') process.stderr.write(`tandem: Consul at ${consul} refuses the sidecar's ACL token; set CONSUL_HTTP_TOKEN or CONSUL_HTTP_TOKEN_FILE to a token with the Tandem policy (GET /v1/health answers 503 degraded)\n`);
   return waitForSignal(() => sidecar.close());
 }
 

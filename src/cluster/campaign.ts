@@ -2,6 +2,7 @@
 import type { LeaderInfo } from '../protocol/wire.ts';
 import { backoffDelay } from '../consul/backoff.ts';
 import type { CallOptions, ConsulClient, KvEntry } from '../consul/consul-client.ts';
+import { ConsulPermissionError } from '../consul/errors.ts';
 import { errSummary } from '../common/errors.ts';
 
 export const LEADER_PREFIX = 'tandem/leaders/';
@@ -9,7 +10,13 @@ export const LEADER_PREFIX = 'tandem/leaders/';
 export interface CampaignEvents {
   promoted(info: LeaderInfo): void;
   demoted(reason: string): void;
+  /** A step failed (Consul unreachable, a check not passing, ...): the campaign retries with backoff. */
   error(message: string): void;
+  /**
+   * Consul refused one of the campaign's own writes (403: its token may not do it). Retrying cannot
+   * help, so the campaign is over: it has resigned, and its stream should say why and close.
+   */
+  refused(err: ConsulPermissionError): void;
 }
 
 /** What a campaign needs from the elections module that runs it. */
@@ -46,7 +53,9 @@ export function leaderInfo(group: string, entry: KvEntry | undefined): LeaderInf
  *
  * Session loss is decided by Consul's answer, never by an error's text: a renewal answering "not
  * found" or a session read answering "no such session" is a loss; a failed call is "unknown" and
- * is retried.
+ * is retried. A 403 on one of its own writes (session, lock, renewal: made with the caller's
+ * credentials) ends the campaign instead: the same token would be refused forever, and hundreds of
+ * streams retrying it would only load Consul.
  */
 export class Campaign {
   readonly group: string;
@@ -99,8 +108,15 @@ export class Campaign {
   async renew(): Promise<void> {
     const id = this.#session;
     if (!id || this.#resigned) return;
-    if (await this.#ctx.consul.sessionRenew(id, this.call)) return;
-    if (this.#session === id) this.#lost(id, 'the session expired or was invalidated');
+    let alive: boolean;
+    try {
+      alive = await this.#ctx.consul.sessionRenew(id, this.call);
+    } catch (err) {
+      if (!(err instanceof ConsulPermissionError)) throw err;
+      this.#refused(err);
+      return;
+    }
+    if (!alive && this.#session === id) this.#lost(id, 'the session expired or was invalidated');
   }
 
   /** Leaves the election: releases the lock if held, destroys the session. Idempotent. */
@@ -141,6 +157,26 @@ export class Campaign {
     this.#kick();
   }
 
+  /** Ends the campaign after a refused write: demoted if it led, told why, resigned (the refused session, if any, ends with its TTL). */
+  #refused(err: ConsulPermissionError): void {
+    if (this.#resigned) return;
+    if (this.#leader) {
+      this.#leader = false;
+      this.#events.demoted(`Consul refused the campaign's token: ${err.detail}`);
+    }
+    this.#events.refused(err);
+    void this.resign();
+  }
+
+  /** One of the campaign's own writes: a refusal is marked so that #steps ends the campaign instead of retrying. */
+  async #own<T>(write: () => Promise<T>): Promise<T> {
+    try {
+      return await write();
+    } catch (err) {
+      throw err instanceof ConsulPermissionError ? new RefusedWrite(err) : err;
+    }
+  }
+
   #kick(): void {
     if (this.#resigned) return;
     if (this.#running) {
@@ -158,6 +194,10 @@ export class Campaign {
         this.#failures = 0;
       } catch (err) {
         if (this.#resigned) return;
+        if (err instanceof RefusedWrite) {
+          this.#refused(err.refusal);
+          return;
+        }
         this.#verify = true;
         if (this.#failures++ === 0) this.#events.error(errSummary(err).message);
         this.#retry(backoffDelay(this.#failures, { baseMs: 200, maxMs: 3000 }));
@@ -183,7 +223,7 @@ export class Campaign {
       this.#verify = false;
       if (!exists) this.#lost(id, 'the session was invalidated');
     }
-    this.#session ??= await this.#ctx.createSession(this);
+    this.#session ??= await this.#own(() => this.#ctx.createSession(this));
     if (this.#resigned) return;
     const session = this.#session;
     const holder = this.#entry?.session;
@@ -202,7 +242,7 @@ export class Campaign {
     }
     if (holder) return; // someone else leads; the next answer of the shared query wakes us
     const value = JSON.stringify({ serviceId: this.serviceId, node: this.#ctx.nodeName, sidecar: this.#ctx.sidecarId(), since: Date.now() });
-    if (await consul.kvPut(this.key, value, { acquire: session }, this.call)) {
+    if (await this.#own(() => consul.kvPut(this.key, value, { acquire: session }, this.call))) {
       const mine = await consul.kvGet(this.key);
       if (mine.value?.session === session && !this.#resigned) this.#promote(mine.value);
       return;
@@ -220,5 +260,14 @@ export class Campaign {
     if (!info || this.#leader) return;
     this.#leader = true;
     this.#events.promoted(info);
+  }
+}
+
+/** A refusal of one of the campaign's own writes, told apart from the reads it makes with the sidecar's token. */
+class RefusedWrite extends Error {
+  readonly refusal: ConsulPermissionError;
+  constructor(refusal: ConsulPermissionError) {
+    super(refusal.message);
+    this.refusal = refusal;
   }
 }

@@ -62,6 +62,8 @@ export class DrainController extends EventEmitter {
   #ready = new Set<string>();
   #wake: (() => void) | undefined;
   #ids: string[] = [];
+  /** Each drain run's number: a run that is no longer the latest (undrained, drained again) stops. */
+  #gen = 0;
   /** Services whose app holds a lifecycle stream open: only those are waited for (ready-to-stop). */
   #listening = new Map<symbol, ReadonlySet<string>>();
 
@@ -94,7 +96,7 @@ export class DrainController extends EventEmitter {
   }
 
   start(): void {
-    this.#query.subscribe((entry) => this.#onRequest(parseRequest(entry)));
+    this.#query.subscribe((entry) => this.#onRequest(parseRequest(entry), entry?.modifyIndex ?? 0));
   }
 
   close(): void {
@@ -134,18 +136,27 @@ export class DrainController extends EventEmitter {
     this.#wake?.();
   }
 
-  #onRequest(req: DrainRequest | undefined): void {
-    if (req && req.state !== 'drained' && this.#state.state === 'serving') void this.#drain(req);
+  #onRequest(req: DrainRequest | undefined, modifyIndex: number): void {
+    // Every new request drains (again): after a finished drain, services registered since then go too;
+    // during a drain, the newest request's reason and deadline replace the old ones.
+    if (req && req.state !== 'drained') void this.#drain(req, modifyIndex);
     else if (!req && this.#state.state === 'draining') void this.#undrain();
+    else if (!req && this.#state.state === 'drained') {
+      this.#gen++;
+      this.#state = { state: 'serving' };
+    }
   }
 
-  async #drain(req: DrainRequest): Promise<void> {
+  async #drain(req: DrainRequest, modifyIndex: number): Promise<void> {
+    const gen = ++this.#gen;
+    const current = () => this.#gen === gen && !this.#abort.signal.aborted;
+    this.#wake?.();
     const deadline = Date.now() + req.deadlineMs;
     const reason = req.reason || 'drained by an operator';
     this.#state = { state: 'draining', reason, deadline };
     this.#ready.clear();
     const apps = this.#o.registrar.appServices();
-    this.#ids = apps.map((a) => a.id);
+    this.#ids = [...new Set([...(this.#state.state === 'draining' ? this.#ids : []), ...apps.map((a) => a.id)])];
     this.#o.logger.warn({ reason, services: this.#ids }, 'draining this host');
     try {
       await this.#o.registrar.setMaintenance(this.#ids, true, `tandem drain: ${reason}`);
@@ -160,22 +171,27 @@ export class DrainController extends EventEmitter {
       return [...ids];
     };
     if (listening().length === 0 && this.#o.graceMs > 0) await sleep(Math.min(this.#o.graceMs, Math.max(0, deadline - Date.now())));
-    while (this.#state.state === 'draining' && Date.now() < deadline && !listening().every((id) => this.#ready.has(id))) {
+    while (current() && Date.now() < deadline && !listening().every((id) => this.#ready.has(id))) {
+      let wake: (() => void) | undefined;
       await new Promise<void>((resolve) => {
         const t = setTimeout(resolve, Math.min(1000, Math.max(0, deadline - Date.now())));
-        this.#wake = () => {
+        wake = () => {
           clearTimeout(t);
           resolve();
         };
+        this.#wake = wake;
       });
-      this.#wake = undefined;
+      if (this.#wake === wake) this.#wake = undefined;
     }
-    if (this.#state.state !== 'draining' || this.#abort.signal.aborted) return; // undrained meanwhile
+    // Undrained, or replaced by a newer request, meanwhile: this run's deadline no longer counts.
+    if (!current()) return;
     await this.#o.registrar.removeNow(this.#ids);
+    if (!current()) return;
     this.#state = { state: 'drained', reason, deadline };
     this.emit('drained', { reason });
     try {
-      await this.#o.consul.kvPut(this.key, JSON.stringify({ ...req, state: 'drained', drainedAt: Date.now() }));
+      // Only over the request this run answered: an undrain or a new request meanwhile must not be overwritten.
+      await this.#o.consul.kvPut(this.key, JSON.stringify({ ...req, state: 'drained', drainedAt: Date.now() }), { cas: modifyIndex });
     } catch (err) {
       this.#o.logger.warn({ err: errSummary(err) }, 'could not mark the drain done');
     }
@@ -183,6 +199,7 @@ export class DrainController extends EventEmitter {
   }
 
   async #undrain(): Promise<void> {
+    this.#gen++;
     this.#state = { state: 'serving' };
     this.#wake?.();
     try {

@@ -83,6 +83,7 @@ export class Elections {
     const all = [...this.#groups.values()].flatMap((s) => [...s]);
     await Promise.all(all.map((c) => c.resign()));
     this.#stopQuery();
+    this.#query?.close();
     this.#abort.abort();
     await this.#cleanup;
     await this.#persist();
@@ -122,6 +123,20 @@ export class Elections {
     const info = leaderInfo(group, r.value);
     if (!info || !r.value?.session) return null;
     return (await this.#o.consul.sessionExists(r.value.session)) ? info : null;
+  }
+
+  /**
+   * Has Consul check that `call`'s credentials may write service `serviceId` on this agent, by
+   * enabling its maintenance with `reason` while it is already in maintenance. Consul authorises the
+   * call (`service:write` on that service) before it looks at anything else, and then changes nothing:
+   * an agent ignores enabling maintenance that is already on. So it suits only a service a drain has
+   * put in maintenance (the control API's ready-to-stop, which may end that drain early); were it not
+   * in maintenance yet (the drain's own write failed), this puts it there, as the drain wanted. Throws
+   * ConsulPermissionError when Consul refuses. Lives here because the elections already act on
+   * behalf of a service with the caller's credentials; the control API never calls Consul itself.
+   */
+  async proveServiceWrite(serviceId: string, reason: string, call: CallOptions): Promise<void> {
+    await this.#o.consul.setMaintenance(serviceId, true, reason, call);
   }
 
   #context(): CampaignContext {
@@ -170,9 +185,16 @@ export class Elections {
     };
   }
 
+  /** Leaves the leaders query; set while subscribed. */
+  #unsubscribe: (() => void) | undefined;
+
+  /**
+   * One query for the sidecar's life: when the last campaign ends its loop stops after the request in
+   * flight (a dropped blocking query would keep counting against Consul's per-IP limit until its wait
+   * ends), and a campaign started meanwhile reuses it.
+   */
   #ensureQuery(): BlockingQuery<KvEntry[]> {
-    if (this.#query) return this.#query;
-    const query = new BlockingQuery<KvEntry[]>({
+    const query = (this.#query ??= new BlockingQuery<KvEntry[]>({
       name: `kv:${LEADER_PREFIX}`,
       fetch: (q) => this.#o.consul.kvList(LEADER_PREFIX, q),
       waitMs: this.#o.waitMs,
@@ -182,18 +204,17 @@ export class Elections {
       onFailing: (failing, err) => {
         if (failing) this.#o.logger.warn({ err: errSummary(err) }, 'leaders watch failed; retrying');
       },
-    });
-    query.subscribe((entries) => {
+    }));
+    this.#unsubscribe ??= query.subscribe((entries) => {
       const byKey = new Map(entries.map((e) => [e.key, e]));
       for (const set of this.#groups.values()) for (const c of set) c.update(byKey.get(c.key));
     });
-    this.#query = query;
     return query;
   }
 
   #stopQuery(): void {
-    this.#query?.close();
-    this.#query = undefined;
+    this.#unsubscribe?.();
+    this.#unsubscribe = undefined;
     if (this.#renewTimer) clearInterval(this.#renewTimer);
     this.#renewTimer = undefined;
   }

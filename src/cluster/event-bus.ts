@@ -42,6 +42,7 @@ export interface EventBusStats {
 /** The one query on the events prefix, alive while at least one topic has a subscriber. */
 interface Watch {
   query: BlockingQuery<string[]>;
+  unsubscribe: () => void;
   /** Cancels the value reads of this watch's syncs. */
   abort: AbortController;
   keys: string[] | undefined;
@@ -52,9 +53,10 @@ interface Watch {
  * connection budget), fanned out per topic in memory: 230 topics cost what one does, and a topic no one
  * listens to costs nothing — its values are never read. The query exists only while someone listens.
  *
- * Trust on read: a key's value must name the key's publisher and seq; a seq further in the future than
- * clock skew explains is ignored and deleted (so one forged key cannot silence a publisher); an event
- * whose read failed holds back that publisher's later ones until a retry reads it.
+ * Trust on read (see TopicFeed): a key's value must name the key's publisher and seq; a seq further
+ * ahead than clock skew explains when first seen is ignored and deleted, and one a little ahead waits
+ * until our clock reaches it, so a forged key cannot silence a publisher; an event whose read failed
+ * holds back that publisher's later ones until a retry reads it.
  */
 export class EventBus {
   #o: EventBusOptions;
@@ -64,8 +66,9 @@ export class EventBus {
   #syncing = false;
   #retryTimer: NodeJS.Timeout | undefined;
   #retryAttempt = 0;
-  /** Future-seq keys being (or already) deleted, so each is dealt with once. */
-  #discarded = new Set<string>();
+  /** Wakes the feeds when the earliest event waiting for its seq's time is due. */
+  #dueTimer: NodeJS.Timeout | undefined;
+  #dueAt = Infinity;
   #lastSeq = 0;
   #publishing = new Map<string, Promise<unknown>>();
   #cleaner: NodeJS.Timeout | undefined;
@@ -88,6 +91,7 @@ export class EventBus {
     if (this.#cleaner) clearInterval(this.#cleaner);
     this.#feeds.clear();
     this.#stopWatch();
+    this.#query?.close();
   }
 
   stats(): EventBusStats {
@@ -150,9 +154,15 @@ export class EventBus {
     };
   }
 
+  /**
+   * One query for the bus's whole life: when the last topic goes its loop stops after the request in
+   * flight, and a topic opened meanwhile reuses it — open/close churn costs no new connection.
+   */
+  #query: BlockingQuery<string[]> | undefined;
+
   #ensureWatch(): void {
     if (this.#watch) return;
-    const query = new BlockingQuery<string[]>({
+    const query = (this.#query ??= new BlockingQuery<string[]>({
       name: `kv:${EVENT_PREFIX}`,
       fetch: (q) => this.#o.consul.kvKeys(EVENT_PREFIX, q),
       waitMs: this.#o.waitMs,
@@ -163,27 +173,30 @@ export class EventBus {
         if (failing) this.#o.logger.warn({ err: errSummary(err) }, 'event watch failed; retrying');
         else this.#o.logger.info('event watch answers again');
       },
-    });
-    const watch: Watch = { query, abort: new AbortController(), keys: undefined };
+    }));
+    const watch: Watch = { query, unsubscribe: () => undefined, abort: new AbortController(), keys: undefined };
     // Throws (nothing started) when the budget has no room.
-    query.subscribe((keys) => {
+    watch.unsubscribe = query.subscribe((keys) => {
+      if (this.#watch !== watch) return;
       watch.keys = keys;
       this.#kick();
     });
     this.#watch = watch;
   }
 
-  /** Ends the query (aborting its request in flight), the value reads and the retry timer. */
+  /** Leaves the query (it ends after its request in flight), ends the value reads and the retry timer. */
   #stopWatch(): void {
     const w = this.#watch;
     this.#watch = undefined;
     if (!w) return;
-    w.query.close();
+    w.unsubscribe();
     w.abort.abort();
     if (this.#retryTimer) clearTimeout(this.#retryTimer);
     this.#retryTimer = undefined;
     this.#retryAttempt = 0;
-    this.#discarded.clear();
+    if (this.#dueTimer) clearTimeout(this.#dueTimer);
+    this.#dueTimer = undefined;
+    this.#dueAt = Infinity;
   }
 
   /** Brings every feed up to the latest key list; runs one sync at a time, again when asked meanwhile. */
@@ -209,30 +222,26 @@ export class EventBus {
   }
 
   async #syncAll(w: Watch, keys: readonly string[]): Promise<void> {
-    const now = Date.now();
     const byTopic = new Map<string, EventKey[]>();
-    const present = new Set<string>();
     for (const key of keys) {
       const k = parseEventKey(key);
       if (!k || !this.#feeds.has(k.topic)) continue;
-      present.add(key);
-      if (isFromTheFuture(k, now)) {
-        this.#discard(k);
-        continue;
-      }
       const list = byTopic.get(k.topic);
       if (list) list.push(k);
       else byTopic.set(k.topic, [k]);
     }
-    for (const key of this.#discarded) if (!present.has(key)) this.#discarded.delete(key);
     let failing = 0;
+    let nextDueMs = Infinity;
     for (const feed of [...this.#feeds.values()]) {
       if (w.abort.signal.aborted) return;
-      const rejected = await feed.sync(byTopic.get(feed.topic) ?? [], (key) => this.#read(key, w.abort.signal));
-      for (const key of rejected) this.#o.logger.warn({ key }, 'ignoring an event whose stored value does not match its key (publisher and seq)');
+      const r = await feed.sync(byTopic.get(feed.topic) ?? [], (key) => this.#read(key, w.abort.signal));
+      for (const key of r.rejected) this.#o.logger.warn({ key }, 'ignoring an event whose stored value does not match its key (publisher and seq)');
+      for (const k of r.ahead) this.#discard(k);
       failing += feed.failedReads;
+      if (r.nextDueMs !== undefined) nextDueMs = Math.min(nextDueMs, r.nextDueMs);
     }
     if (this.#watch !== w) return;
+    this.#wakeAt(nextDueMs);
     if (failing === 0) {
       this.#retryAttempt = 0;
       return;
@@ -246,16 +255,28 @@ export class EventBus {
     this.#retryTimer.unref();
   }
 
+  /** Syncs again when the earliest held event is due (one timer, moved earlier when needed). */
+  #wakeAt(ms: number): void {
+    if (ms === Infinity || ms >= this.#dueAt) return;
+    if (this.#dueTimer) clearTimeout(this.#dueTimer);
+    this.#dueAt = ms;
+    // +1 ms: the feed compares whole milliseconds, and a timer may fire within the millisecond it was set for.
+    this.#dueTimer = setTimeout(() => {
+      this.#dueTimer = undefined;
+      this.#dueAt = Infinity;
+      this.#kick();
+    }, Math.max(0, ms - Date.now()) + 1);
+    this.#dueTimer.unref();
+  }
+
   async #read(key: string, signal: AbortSignal): Promise<string | undefined> {
     const r = await this.#o.consul.kvGet(key, { signal });
     return r.value ? r.value.value : undefined;
   }
 
-  /** A key whose seq is in the future: never delivered, and deleted so that it stops nobody. */
+  /** A key too far ahead when first seen: never delivered (its feed remembers), and deleted so that no later reader takes it. */
   #discard(k: EventKey): void {
-    if (this.#discarded.has(k.key)) return;
-    this.#discarded.add(k.key);
-    this.#o.logger.warn({ key: k.key }, 'deleting an event whose seq is further in the future than clock skew explains');
+    this.#o.logger.warn({ key: k.key, publisher: k.publisher }, 'deleting an event whose seq is further in the future than clock skew explains (forged, or its publisher\'s clock is off)');
     this.#o.consul.kvDelete(k.key).catch((err: unknown) => this.#o.logger.warn({ key: k.key, err: errSummary(err) }, 'could not delete a future event'));
   }
 

@@ -4,11 +4,13 @@ import type { TandemEvent } from '../protocol/wire.ts';
 export const EVENT_PREFIX = 'tandem/events/';
 const SEQ_DIGITS = 16;
 /**
- * Seqs are µs since the epoch on the publisher's clock. One further ahead of ours than this is not
- * trusted: a forged key with a huge seq would otherwise move every cursor past the real publisher's
- * later events. A minute is far more than NTP-synchronised hosts drift apart.
+ * Seqs are µs since the epoch on the publisher's clock. A key whose seq is further ahead than this of
+ * when this sidecar first saw it is never delivered (and is deleted): sidecars run NTP, so honest
+ * clocks agree far better than 5 s, and a publisher's clock running further ahead than that loses its
+ * events. Keys within it are held until our clock reaches their seq (see TopicFeed), so a forged key
+ * cannot move a cursor past the real publisher's events either.
  */
-export const MAX_CLOCK_SKEW_MS = 60_000;
+export const MAX_CLOCK_SKEW_MS = 5000;
 
 /** Where a subscriber is: the last seq seen per publisher. Publishers not listed: everything retained. */
 export type Cursor = Record<string, number>;
@@ -35,7 +37,7 @@ export function parseEventKey(key: string): EventKey | undefined {
   return n > 0 ? { key, topic, publisher, seq: n } : undefined;
 }
 
-/** True when the key's seq is further in the future than clock skew explains: ignore it and delete it. */
+/** True when the key's seq is further ahead of `nowMs` than clock skew explains: never deliver it, delete it. */
 export function isFromTheFuture(k: EventKey, nowMs: number): boolean {
   return k.seq > (nowMs + MAX_CLOCK_SKEW_MS) * 1000;
 }
@@ -75,27 +77,49 @@ interface Member {
 /** Reads one key's value: undefined when it no longer exists; throws when Consul did not answer. */
 export type ReadValue = (key: string) => Promise<string | undefined>;
 
+/** What one sync found, for the bus to act on. */
+export interface SyncResult {
+  /** Keys newly found whose value does not belong to them (forged or damaged). */
+  rejected: string[];
+  /** Keys newly found whose seq is further ahead than clock skew explains (see MAX_CLOCK_SKEW_MS). */
+  ahead: EventKey[];
+  /** When the earliest event held until its seq's time becomes due (ms since epoch), if any. */
+  nextDueMs: number | undefined;
+}
+
 /**
  * A topic's state on one sidecar, fed the topic's keys by the event bus. Events reach subscribers in
- * each publisher's seq order, once; an event whose read failed holds back that publisher's later
- * events until a retry reads it (a cursor never moves past an event not yet delivered).
+ * each publisher's seq order, once. Two things hold back a publisher's later events (a cursor never
+ * moves past an event not yet delivered):
+ * - an event whose read failed, until a retry reads it;
+ * - an event whose seq our clock has not reached yet, until it has. A key is judged once, when this
+ *   feed first sees it: more than MAX_CLOCK_SKEW_MS ahead, it is never delivered; within it, it waits
+ *   for its time. So a forged key with a seq a little ahead is delivered after every real event of
+ *   its publisher published before that time, and moves no cursor past the ones published after.
  */
 export class TopicFeed {
   readonly topic: string;
+  #clock: () => number;
   #members = new Set<Member>();
   /** Delivered events still retained in Consul, by key. */
   #delivered = new Map<string, TandemEvent>();
-  /** Read, but waiting behind an earlier event of the same publisher whose read failed. */
+  /** Read, but waiting behind an earlier event of the same publisher whose read failed, or for its time. */
   #held = new Map<string, TandemEvent>();
   /** Keys whose value does not belong to them (forged or damaged): never read again. */
   #rejected = new Set<string>();
+  /** Keys too far ahead when first seen: never read, never delivered, whatever the clock says later. */
+  #ahead = new Set<string>();
+  /** Every listed key already judged, so that each is judged against the time it was first seen. */
+  #seen = new Set<string>();
   /** Keys whose read failed, with their seq. */
   #failed = new Map<string, EventKey>();
   #keys: readonly EventKey[] = [];
   #loaded = false;
 
-  constructor(topic: string) {
+  /** `clock`: ms since the epoch (tests pass their own). */
+  constructor(topic: string, clock: () => number = Date.now) {
     this.topic = topic;
+    this.#clock = clock;
   }
 
   get size(): number {
@@ -123,16 +147,26 @@ export class TopicFeed {
   }
 
   /**
-   * Brings the feed up to `keys` (this topic's keys, as Consul listed them): reads the new ones, keeps
-   * those whose value matches its key, and delivers what is no longer held back. Returns the keys
-   * newly rejected (their value does not belong to them).
+   * Brings the feed up to `keys` (this topic's keys, as Consul listed them): judges the new ones,
+   * reads those not too far ahead, keeps those whose value matches its key, and delivers what is no
+   * longer held back. Call it again (same keys) at `nextDueMs` to deliver what waited for its time.
    */
-  async sync(keys: readonly EventKey[], read: ReadValue, batch = 16): Promise<string[]> {
+  async sync(keys: readonly EventKey[], read: ReadValue, batch = 16): Promise<SyncResult> {
     this.#keys = keys;
     const present = new Set(keys.map((k) => k.key));
     for (const map of [this.#delivered, this.#held, this.#failed]) for (const k of map.keys()) if (!present.has(k)) map.delete(k);
-    for (const k of this.#rejected) if (!present.has(k)) this.#rejected.delete(k);
-    const toRead = keys.filter((k) => !this.#delivered.has(k.key) && !this.#held.has(k.key) && !this.#rejected.has(k.key));
+    for (const set of [this.#rejected, this.#ahead, this.#seen]) for (const k of set) if (!present.has(k)) set.delete(k);
+    const seenAt = this.#clock();
+    const ahead: EventKey[] = [];
+    for (const k of keys) {
+      if (this.#seen.has(k.key)) continue;
+      this.#seen.add(k.key);
+      if (isFromTheFuture(k, seenAt)) {
+        this.#ahead.add(k.key);
+        ahead.push(k);
+      }
+    }
+    const toRead = keys.filter((k) => !this.#delivered.has(k.key) && !this.#held.has(k.key) && !this.#rejected.has(k.key) && !this.#ahead.has(k.key));
     const rejected: string[] = [];
     for (let i = 0; i < toRead.length; i += batch) {
       await Promise.all(
@@ -156,19 +190,30 @@ export class TopicFeed {
       );
     }
     const released = this.#release();
+    // Only what waits for its time: events behind a failed read are the bus's retry timer's business.
+    const nowUs = this.#clock() * 1000;
+    let nextDue = Infinity;
+    for (const e of this.#held.values()) if (e.seq > nowUs) nextDue = Math.min(nextDue, e.seq);
+    const result: SyncResult = { rejected, ahead, nextDueMs: nextDue === Infinity ? undefined : Math.ceil(nextDue / 1000) };
     if (!this.#loaded) {
       this.#loaded = true;
       for (const m of this.#members) this.#start(m);
-      return rejected;
+      return result;
     }
     for (const e of released) for (const m of this.#members) if (m.started) this.#offer(m, e);
-    return rejected;
+    return result;
   }
 
-  /** Moves held events that nothing failed before into `delivered`; returns them in publisher, seq order. */
+  /**
+   * Moves held events that nothing holds back into `delivered`; returns them in publisher, seq order.
+   * A publisher's events from the first failed read, or the first seq our clock has not reached, wait.
+   */
   #release(): TandemEvent[] {
+    const nowUs = this.#clock() * 1000;
     const blockedAt = new Map<string, number>();
-    for (const f of this.#failed.values()) blockedAt.set(f.publisher, Math.min(blockedAt.get(f.publisher) ?? Infinity, f.seq));
+    const block = (publisher: string, seq: number) => blockedAt.set(publisher, Math.min(blockedAt.get(publisher) ?? Infinity, seq));
+    for (const f of this.#failed.values()) block(f.publisher, f.seq);
+    for (const e of this.#held.values()) if (e.seq > nowUs) block(e.publisher, e.seq);
     const out: [string, TandemEvent][] = [];
     for (const [key, e] of this.#held) if (e.seq < (blockedAt.get(e.publisher) ?? Infinity)) out.push([key, e]);
     for (const [key, e] of out) {
@@ -178,10 +223,14 @@ export class TopicFeed {
     return ordered(out.map(([, e]) => e));
   }
 
-  /** What a subscriber "from now on" starts from: the newest listed seq of every publisher. */
+  /**
+   * What a subscriber "from now on" starts from: per publisher, the newest listed seq our clock has
+   * reached. A key still ahead of our clock is after "now": it reaches the new subscriber when due.
+   */
   #head(): Cursor {
+    const nowUs = this.#clock() * 1000;
     const c: Cursor = {};
-    for (const k of this.#keys) if (!this.#rejected.has(k.key) && (c[k.publisher] ?? 0) < k.seq) c[k.publisher] = k.seq;
+    for (const k of this.#keys) if (!this.#rejected.has(k.key) && !this.#ahead.has(k.key) && k.seq <= nowUs && (c[k.publisher] ?? 0) < k.seq) c[k.publisher] = k.seq;
     return c;
   }
 

@@ -6,6 +6,7 @@ import { createRequire } from 'node:module';
 import type { ServiceSpec } from '../protocol/wire.ts';
 import { InvalidConfigError } from '../common/errors.ts';
 import { compile, formatErrors, serviceSpecRef, SERVICE_NAME_PATTERN } from './schemas.ts';
+import { parseAllowEntry } from '../common/egress-allow.ts';
 
 export interface ListenAddress {
   host: string;
@@ -54,6 +55,14 @@ export interface Config {
     flap: { threshold: number; windowMs: number; holdMs: number };
     broadcastTimeoutMs: number;
     broadcastMaxBodyBytes: number;
+    /** A client must send its whole request head within this; slower ones are cut (408). */
+    headersTimeoutMs: number;
+    /**
+     * Hosts that are not catalog services (apps that set HTTP_PROXY globally). `mode`: `auto` (public
+     * while the proxy listens on loopback only, else allow-list), `public`, `allow-list`, `off`.
+     * `allow`: host, host:port, *.domain[:port], IP, CIDR (each with an optional :port).
+     */
+    egress: { mode: 'auto' | 'public' | 'allow-list' | 'off'; allow: string[] };
   };
   /** `maxStreams`: event streams (SSE) open at once on the control API, all routes together; beyond it 503. */
   api: { listen: string; token?: string; tokenFile?: string; maxStreams: number };
@@ -68,6 +77,8 @@ export interface Config {
     checkIntervalMs: number;
     checkTimeoutMs: number;
     ttlMs: number;
+    /** How long an SDK registration outlives its app's liveness stream (long enough for a sidecar restart). */
+    livenessGraceMs: number;
   };
   watch: { waitMs: number; idleMs: number; firstAnswerTimeoutMs: number; maxBackoffMs: number; maxServices: number };
   events: { retentionMs: number; maxPayloadBytes: number };
@@ -123,7 +134,7 @@ export const configSchema = {
     proxy: {
       type: 'object',
       additionalProperties: false,
-      required: ['listen', 'retries', 'retryStatuses', 'retryBufferBytes', 'upstreamTimeoutMs', 'bodyTimeoutMs', 'connectTimeoutMs', 'connectionsPerInstance', 'maxUrlBytes', 'maxHeaderBytes', 'ejection', 'requestTimeoutMs', 'retryBudget', 'slowStartMs', 'flap', 'broadcastTimeoutMs', 'broadcastMaxBodyBytes'],
+      required: ['listen', 'retries', 'retryStatuses', 'retryBufferBytes', 'upstreamTimeoutMs', 'bodyTimeoutMs', 'connectTimeoutMs', 'connectionsPerInstance', 'maxUrlBytes', 'maxHeaderBytes', 'ejection', 'requestTimeoutMs', 'retryBudget', 'slowStartMs', 'flap', 'broadcastTimeoutMs', 'broadcastMaxBodyBytes', 'headersTimeoutMs', 'egress'],
       properties: {
         listen: { type: 'string', pattern: LISTEN_PATTERN, description: 'host:port' },
         retries: { type: 'integer', minimum: 0, maximum: 10 },
@@ -156,6 +167,17 @@ export const configSchema = {
         slowStartMs: ms(0, 3_600_000),
         broadcastTimeoutMs: ms(10, 600_000),
         broadcastMaxBodyBytes: { type: 'integer', minimum: 0, maximum: 64 * 1024 * 1024 },
+        // At most node:http's requestTimeout (300 s), which bounds head and body together.
+        headersTimeoutMs: ms(100, 300_000),
+        egress: {
+          type: 'object',
+          additionalProperties: false,
+          required: ['mode', 'allow'],
+          properties: {
+            mode: { enum: ['auto', 'public', 'allow-list', 'off'] },
+            allow: { type: 'array', maxItems: 1000, items: { type: 'string', minLength: 1, maxLength: 300, description: 'host, host:port, *.domain[:port], an IP address or a CIDR (with an optional :port)' } },
+          },
+        },
         flap: {
           type: 'object',
           additionalProperties: false,
@@ -181,13 +203,14 @@ export const configSchema = {
     registration: {
       type: 'object',
       additionalProperties: false,
-      required: ['syncIntervalMs', 'drainMs', 'checkIntervalMs', 'checkTimeoutMs', 'ttlMs'],
+      required: ['syncIntervalMs', 'drainMs', 'checkIntervalMs', 'checkTimeoutMs', 'ttlMs', 'livenessGraceMs'],
       properties: {
         syncIntervalMs: ms(100, 600_000),
         drainMs: ms(0, 600_000),
         checkIntervalMs: ms(100, 3_600_000),
         checkTimeoutMs: ms(100, 600_000),
         ttlMs: ms(1000, 86_400_000),
+        livenessGraceMs: ms(500, 600_000),
       },
     },
     watch: {
@@ -245,12 +268,14 @@ function defaults(): Config {
       flap: { threshold: 3, windowMs: 60_000, holdMs: 30_000 },
       broadcastTimeoutMs: 5000,
       broadcastMaxBodyBytes: 1_048_576,
+      headersTimeoutMs: 10_000,
+      egress: { mode: 'auto', allow: [] },
     },
     api: { listen: '127.0.0.1:7701', maxStreams: 1000 },
     stateDir: '.tandem',
     services: [],
     upstreams: [],
-    registration: { syncIntervalMs: 2000, drainMs: 2000, checkIntervalMs: 10_000, checkTimeoutMs: 5000, ttlMs: 30_000 },
+    registration: { syncIntervalMs: 2000, drainMs: 2000, checkIntervalMs: 10_000, checkTimeoutMs: 5000, ttlMs: 30_000, livenessGraceMs: 5000 },
     watch: { waitMs: 55_000, idleMs: 300_000, firstAnswerTimeoutMs: 2000, maxBackoffMs: 10_000, maxServices: 100 },
     events: { retentionMs: 300_000, maxPayloadBytes: 65_536 },
     elections: { lockDelayMs: 5000, sessionTtlMs: 10_000 },
@@ -413,6 +438,7 @@ export function loadConfig(opts: LoadOptions): FrozenConfig {
     merged['consul']['address'] = normalizeConsulAddress(merged['consul']['address']);
   }
   if (!validateConfig(merged)) problems.push(...formatErrors(validateConfig.errors, 'config'));
+  problems.push(...egressAllowProblems(merged));
   if (problems.length > 0) throw new InvalidConfigError(problems);
 
   const config = merged as unknown as Config;
@@ -434,6 +460,21 @@ export function loadConfig(opts: LoadOptions): FrozenConfig {
   }
   if (problems.length > 0) throw new InvalidConfigError(problems);
   return deepFreeze(config);
+}
+
+/** proxy.egress.allow entries the schema lets through as strings but that do not parse (a /40 IPv4 CIDR, port 0, a bad name). */
+function egressAllowProblems(merged: JsonObject): string[] {
+  const proxy = merged['proxy'];
+  const egress = isObject(proxy) ? proxy['egress'] : undefined;
+  const allow = isObject(egress) ? egress['allow'] : undefined;
+  if (!Array.isArray(allow)) return [];
+  const out: string[] = [];
+  allow.forEach((entry, i) => {
+    if (typeof entry !== 'string') return; // the schema reports it
+    const parsed = parseAllowEntry(entry);
+    if (typeof parsed === 'string') out.push(`config/proxy/egress/allow/${i}: ${parsed}`);
+  });
+  return out;
 }
 
 /** `host:port` (or `[v6]:port`) → parts; the schema has checked the shape. */

@@ -61,7 +61,12 @@ export class BlockingQuery<T> {
   readonly name: string;
   #o: BlockingQueryOptions<T>;
   #listeners = new Set<Listener<T>>();
-  #abort: AbortController | undefined;
+  /** Aborts the request in flight: only close() uses it (see #stop for why). */
+  #hard: AbortController | undefined;
+  /** Ends a backoff sleep early when the last subscriber leaves. */
+  #nap = new AbortController();
+  /** Someone listens: the loop goes on after the request in flight. */
+  #wanted = false;
   #lease: Lease | undefined;
   #value: T | undefined;
   #has = false;
@@ -92,7 +97,7 @@ export class BlockingQuery<T> {
   }
 
   state(): QueryState {
-    return { name: this.name, index: this.#index, lastOkAt: this.#lastOkAt, consecutiveErrors: this.#errors, lastError: this.#lastError, running: this.#abort !== undefined };
+    return { name: this.name, index: this.#index, lastOkAt: this.#lastOkAt, consecutiveErrors: this.#errors, lastError: this.#lastError, running: this.#hard !== undefined };
   }
 
   /**
@@ -102,7 +107,12 @@ export class BlockingQuery<T> {
    */
   subscribe(listener: Listener<T>): () => void {
     if (this.#closed) throw new Error(`blocking query ${this.name} is closed`);
-    if (!this.#abort) this.#start();
+    if (!this.#hard) this.#start();
+    else if (!this.#wanted) {
+      // The loop is still finishing its last request: it goes on, with the lease it holds.
+      this.#wanted = true;
+      this.#nap = new AbortController();
+    }
     this.#listeners.add(listener);
     if (this.#has) {
       const v = this.#value as T;
@@ -144,6 +154,10 @@ export class BlockingQuery<T> {
   }
 
   /** Stops the loop and refuses new subscribers. */
+  /**
+   * Stops for good. Like the last subscriber leaving, it lets the request in flight end (see #stop);
+   * at shutdown the client's close() destroys the sockets, which ends it at once.
+   */
   close(): void {
     this.#closed = true;
     this.#listeners.clear();
@@ -154,31 +168,40 @@ export class BlockingQuery<T> {
     const lease = this.#o.budget.tryAcquire(this.#o.kind, this.name);
     if (!lease) throw new ConsulBudgetExhaustedError(this.name, this.#o.budget.snapshot());
     this.#lease = lease;
-    const abort = new AbortController();
-    this.#abort = abort;
-    void this.#loop(abort.signal).finally(() => {
+    const hard = new AbortController();
+    this.#hard = hard;
+    this.#wanted = true;
+    this.#nap = new AbortController();
+    void this.#loop(hard.signal).finally(() => {
       lease.release();
       if (this.#lease === lease) this.#lease = undefined;
+      if (this.#hard === hard) this.#hard = undefined;
+      // Someone subscribed again while the last request was ending after a close: start over.
     });
   }
 
+  /**
+   * The last subscriber left. The request in flight is NOT aborted: Consul notices a client that
+   * closed a blocking query only when its wait ends, so the dropped connection would keep counting
+   * against its 200 per client IP for up to a minute — a caller opening and closing streams in a
+   * loop would lock every client on the host out of Consul. The loop ends when that request
+   * returns (at most the wait plus its jitter), its socket goes back to the pool, and only then is
+   * the lease given back; a subscriber arriving meanwhile reuses the running loop.
+   */
   #stop(): void {
-    const abort = this.#abort;
-    this.#abort = undefined;
-    abort?.abort();
-    this.#lease?.release();
-    this.#lease = undefined;
+    this.#wanted = false;
+    this.#nap.abort();
     for (const wake of [...this.#firstWaiters]) wake();
   }
 
   async #loop(signal: AbortSignal): Promise<void> {
-    while (!signal.aborted) {
+    while (!signal.aborted && this.#wanted) {
       if (this.#requeryInMs !== undefined) {
         const delay = this.#requeryInMs;
         this.#requeryInMs = undefined;
         this.#index = 0;
-        await sleepUnlessAborted(delay, signal);
-        if (signal.aborted) return;
+        await sleepUnlessAborted(delay, this.#nap.signal);
+        if (signal.aborted || !this.#wanted) return;
       }
       let r: BlockingResult<T>;
       try {
@@ -187,8 +210,11 @@ export class BlockingQuery<T> {
         if (signal.aborted) return;
         this.#errors++;
         this.#lastError = err;
+        // The agent may have restarted with a lower index: blocking on the old one would hide every
+        // change for a whole wait. Ask at once next time; the answer's index starts over.
+        this.#index = 0;
         if (this.#errors === 1) this.#o.onFailing?.(true, err);
-        await sleepUnlessAborted(backoffDelay(this.#errors, { baseMs: 200, maxMs: this.#o.maxBackoffMs }), signal);
+        await sleepUnlessAborted(backoffDelay(this.#errors, { baseMs: 200, maxMs: this.#o.maxBackoffMs }), this.#nap.signal);
         continue;
       }
       if (signal.aborted) return;

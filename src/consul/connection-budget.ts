@@ -32,6 +32,7 @@ export class ConnectionBudget {
   readonly reserved: number;
   #byKind: Record<LeaseKind, number> = { reserved: 0, shared: 0 };
   #refused = 0;
+  #onRelease = new Set<() => void>();
 
   constructor(opts: { capacity: number; reserved: number }) {
     if (!(opts.capacity >= 1) || !(opts.reserved >= 0) || opts.reserved > opts.capacity) throw new RangeError(`invalid budget: capacity ${opts.capacity}, reserved ${opts.reserved}`);
@@ -63,8 +64,18 @@ export class ConnectionBudget {
         if (!held) return;
         held = false;
         this.#byKind[kind]--;
+        // Told after the caller's own code ran (no re-entry while it releases).
+        if (this.#onRelease.size > 0) queueMicrotask(() => {
+          for (const fn of [...this.#onRelease]) fn();
+        });
       },
     };
+  }
+
+  /** Calls `fn` whenever room comes free (a lease was given back); returns the function that stops it. */
+  onRelease(fn: () => void): () => void {
+    this.#onRelease.add(fn);
+    return () => this.#onRelease.delete(fn);
   }
 
   snapshot(): BudgetSnapshot {

@@ -22,6 +22,8 @@ export interface ConsulCheckDefinition {
   Interval?: string;
   Timeout?: string;
   Status?: 'passing' | 'warning' | 'critical';
+  /** Consul's agent removes the service once this check has been critical this long (minimum 1m; its reaper runs every 30 s). */
+  DeregisterCriticalServiceAfter?: string;
 }
 
 export interface AgentSelf {

@@ -103,7 +103,11 @@ export class CatalogWatcher implements EndpointSource {
   }
 
   /** Loads the view persisted by an earlier run (used only for services Consul cannot answer for) and starts the names watch. */
+  /** Room comes free when a watch's last request ends (not when it is left): try promoting then. */
+  #stopPromoting: () => void = () => undefined;
+
   async start(): Promise<void> {
+    this.#stopPromoting = this.#o.consul.budget.onRelease(() => this.#promote());
     const stored = await this.#o.store?.load(VIEW_FILE).catch((err: unknown) => {
       this.#o.logger.warn({ err: errSummary(err) }, 'ignoring an unreadable persisted catalog view');
       return undefined;
@@ -180,6 +184,7 @@ export class CatalogWatcher implements EndpointSource {
   }
 
   async close(): Promise<void> {
+    this.#stopPromoting();
     for (const e of this.#entries.values()) if (e.view.consecutiveErrors === 0) this.#remember(e.view);
     for (const e of this.#entries.values()) e.leave();
     this.#entries.clear();

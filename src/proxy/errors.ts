@@ -61,9 +61,49 @@ export class ControlPlaneError extends TandemError {
   }
 }
 
-export class MethodNotAllowedError extends TandemError {
-  constructor(method: string) {
-    super('TANDEM_ERR_METHOD_NOT_ALLOWED', 405, `${method} is not supported: Tandem is not an open proxy`);
+/**
+ * A host that is not a catalog service, refused by the egress policy (`proxy.egress`). The message names
+ * the policy, the config key and NO_PROXY, so whoever reads it in an app's log knows the two ways out.
+ */
+export class EgressRefusedError extends TandemError {
+  constructor(target: string, mode: string, reason: string) {
+    super(
+      'TANDEM_ERR_EGRESS_REFUSED',
+      403,
+      `'${target}' is not a catalog service and the proxy's egress policy refuses it (proxy.egress.mode '${mode}': ${reason}). ` +
+        `Allow it with proxy.egress.allow (host:port or CIDR), or keep the app's calls to it off the proxy with NO_PROXY`,
+    );
+  }
+}
+
+/** A host the egress policy allows, that could not be reached (name not resolved, refused, reset). */
+export class EgressFailedError extends TandemError {
+  constructor(target: string, reason: string) {
+    super('TANDEM_ERR_EGRESS_FAILED', 502, `'${target}' (not a catalog service, reached through the egress policy) failed: ${reason}`);
+  }
+}
+
+export class EgressTimeoutError extends TandemError {
+  constructor(target: string, timeoutMs: number) {
+    super('TANDEM_ERR_EGRESS_TIMEOUT', 504, `'${target}' (not a catalog service, reached through the egress policy) did not answer within ${timeoutMs} ms`);
+  }
+}
+
+/** TLS inside a CONNECT tunnel to a catalog service: Tandem terminates service tunnels and reads plain HTTP only. */
+export class TlsToServiceError extends TandemError {
+  constructor(authority: string) {
+    super(
+      'TANDEM_ERR_TLS_NOT_SUPPORTED',
+      400,
+      `CONNECT ${authority}: TLS to a catalog service is not proxied (Tandem routes each request by version, sticky id and health, which it cannot read inside TLS); call http://<service>.service.consul/ instead`,
+    );
+  }
+}
+
+/** The request head did not arrive in time (`proxy.headersTimeoutMs`), or the whole request did not. */
+export class RequestTimeoutError extends TandemError {
+  constructor(message: string) {
+    super('TANDEM_ERR_REQUEST_TIMEOUT', 408, message);
   }
 }
 
@@ -74,8 +114,8 @@ export class UrlTooLongError extends TandemError {
 }
 
 export class HeadersTooLargeError extends TandemError {
-  constructor() {
-    super('TANDEM_ERR_HEADERS_TOO_LARGE', 431, 'the request headers are too large');
+  constructor(message = 'the request headers are too large') {
+    super('TANDEM_ERR_HEADERS_TOO_LARGE', 431, message);
   }
 }
 

@@ -39,13 +39,35 @@ export function upstreamRequestHeaders(rawHeaders: readonly string[], headers: I
   return out;
 }
 
-/** Response headers for the client: hop-by-hop ones removed in place. */
+/**
+ * Response headers Tandem sets itself: an upstream's own are dropped, so a client can trust them (an
+ * upstream cannot make its answer look like a proxy error, or claim another instance).
+ */
+export const TANDEM_RESPONSE_HEADERS: ReadonlySet<string> = new Set(['x-tandem-error', 'x-tandem-instance', 'x-tandem-sticky', 'x-tandem-broadcast']);
+
+/** Response headers for the client: hop-by-hop ones and Tandem's own removed in place. */
 export function stripResponseHeaders(headers: IncomingHttpHeaders): IncomingHttpHeaders {
   const listed = connectionListed(headers.connection);
   for (const name of Object.keys(headers)) {
-    if ((HOP_BY_HOP.has(name) && name !== 'host') || listed?.has(name)) delete headers[name];
+    if ((HOP_BY_HOP.has(name) && name !== 'host') || listed?.has(name) || TANDEM_RESPONSE_HEADERS.has(name)) delete headers[name];
   }
   return headers;
+}
+
+/**
+ * Request headers for a host that is not a catalog service (egress): hop-by-hop ones and Tandem's own
+ * `x-tandem-*` dropped, `host` set to the target's authority, nothing added (no `x-forwarded-*`: the
+ * proxy does not tell the outside world about the host's processes).
+ */
+export function egressRequestHeaders(rawHeaders: readonly string[], headers: IncomingHttpHeaders, host: string): string[] {
+  const listed = connectionListed(headers.connection);
+  const out: string[] = ['host', host];
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const lower = (rawHeaders[i] as string).toLowerCase();
+    if (HOP_BY_HOP.has(lower) || listed?.has(lower) || lower.startsWith('x-tandem-')) continue;
+    out.push(rawHeaders[i] as string, rawHeaders[i + 1] as string);
+  }
+  return out;
 }
 
 /** X-Tandem-Timeout-Ms: a positive whole number of milliseconds, at most a day. */

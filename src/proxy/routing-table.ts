@@ -28,6 +28,8 @@ interface Watched {
   pinned: boolean;
   /** Control-API watchers of this service; a watched service is never idle. */
   listeners: Set<(set: EndpointSet) => void>;
+  /** Proxied requests (and upgraded connections) still running: a service with any is never idle. */
+  inflight: number;
 }
 
 export class RoutingTable {
@@ -62,6 +64,24 @@ export class RoutingTable {
     if (!w) return undefined;
     w.lastUsed = Date.now();
     return w.set;
+  }
+
+  /**
+   * Marks a request to `service` as running until the returned function is called (once; later calls do
+   * nothing): the idle sweep never drops a service (and its instances' pools) while a response is still
+   * streaming. A service that is not watched gives a no-op.
+   */
+  hold(service: string): () => void {
+    const w = this.#services.get(service);
+    if (!w) return () => undefined;
+    w.inflight++;
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      w.inflight--;
+      w.lastUsed = Date.now();
+    };
   }
 
   /**
@@ -159,7 +179,7 @@ export class RoutingTable {
     if (this.#services.size >= this.#o.maxServices) throw new TooManyServicesError(this.#o.maxServices);
     let markReady!: () => void;
     const ready = new Promise<void>((r) => (markReady = r));
-    const w: Watched = { set: undefined, ready, markReady, sub: undefined, lastUsed: Date.now(), pinned, listeners: new Set() };
+    const w: Watched = { set: undefined, ready, markReady, sub: undefined, lastUsed: Date.now(), pinned, listeners: new Set(), inflight: 0 };
     this.#services.set(service, w);
     try {
       w.sub = this.#o.source.subscribe(service, (u) => this.#apply(service, w, u), { pinned });
@@ -187,7 +207,7 @@ export class RoutingTable {
   #sweep(): void {
     const cutoff = Date.now() - this.#o.idleMs;
     for (const [service, w] of this.#services) {
-      if (!w.pinned && w.listeners.size === 0 && w.lastUsed < cutoff) {
+      if (!w.pinned && w.listeners.size === 0 && w.inflight === 0 && w.lastUsed < cutoff) {
         w.sub?.close();
         this.#services.delete(service);
         if (w.set && this.#o.onRemoved) this.#o.onRemoved(w.set.all.map((e) => e.id));

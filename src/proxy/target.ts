@@ -77,6 +77,67 @@ function parseAbsoluteForm(url: string, versionHeader: string | undefined): Targ
   return { service: m[1] as string, range: versionHeader?.trim() ?? '', path };
 }
 
+/** A host that is not a catalog service, named by an absolute-form URL (for the egress policy). */
+export interface ForeignTarget {
+  host: string;
+  port: number;
+  /** What the `host` header says upstream: the URL's authority. */
+  authority: string;
+  /** Path and query as sent (no fragment), starting with '/'. */
+  path: string;
+}
+
+/**
+ * For an absolute-form `http://` URL whose host is not `<service>.service[.consul]`: that host, for the
+ * egress policy. Undefined for anything else (path form, catalog services and the forms parseTarget
+ * refuses itself). Throws for what is never forwarded: `https://` (clients tunnel TLS with CONNECT),
+ * credentials in the URL.
+ */
+export function foreignTarget(url: string): ForeignTarget | undefined {
+  const https = url.startsWith('https://');
+  if (!https && !url.startsWith('http://')) return undefined;
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    return undefined; // parseTarget answers it
+  }
+  if (CONSUL_HOST.test(parsed.hostname)) return undefined;
+  if (https) throw new BadTargetError(`'${url.slice(0, 100)}': https:// URLs are not proxied in absolute form (clients tunnel TLS with CONNECT)`);
+  if (parsed.username || parsed.password) throw new BadTargetError('credentials in the request URL are not forwarded');
+  let start = url.indexOf('//') + 2;
+  while (start < url.length && !'/?#'.includes(url[start] as string)) start++;
+  const hash = url.indexOf('#', start);
+  const rawPath = url.slice(start, hash === -1 ? url.length : hash);
+  return { host: parsed.hostname, port: Number(parsed.port || 80), authority: parsed.host, path: rawPath === '' || rawPath.charCodeAt(0) === 63 /* ? */ ? `/${rawPath}` : rawPath };
+}
+
+/** A CONNECT request's authority `host:port` (`[v6]:port`), or undefined when it is not one. */
+export function parseAuthority(authority: string): { host: string; port: number } | undefined {
+  const m = /^\[([0-9a-fA-F:.]+)\]:(\d{1,5})$/.exec(authority) ?? /^([^\s:/?#@[\]\\]+):(\d{1,5})$/.exec(authority);
+  if (!m) return undefined;
+  const port = Number(m[2]);
+  if (port < 1 || port > 65535) return undefined;
+  return { host: (m[1] as string).toLowerCase(), port };
+}
+
+/** The service a host names (`<service>.service[.consul]`), or undefined. */
+export function serviceOfHost(host: string): string | undefined {
+  return CONSUL_HOST.exec(host.toLowerCase())?.[1];
+}
+
+/**
+ * A request inside a CONNECT tunnel to `service`: origin form `/<path>` goes to that service as it
+ * stands (a path that looks like path form is just a path there); absolute form must name the same
+ * service. The range comes from `X-Tandem-Version`.
+ */
+export function parseTunnelTarget(url: string, service: string, versionHeader: string | undefined): Target {
+  if (url.charCodeAt(0) === 47 /* / */) return parseAbsoluteForm(`http://${service}.service.consul${url}`, versionHeader);
+  const t = parseTarget(url, versionHeader);
+  if (t.service !== service) throw new BadTargetError(`a request inside a tunnel to '${service}' must be for '${service}' (got '${url.slice(0, 100)}')`);
+  return t;
+}
+
 function checkPath(path: string): void {
   const q = path.indexOf('?');
   const pathname = q === -1 ? path : path.slice(0, q);

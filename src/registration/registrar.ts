@@ -1,4 +1,4 @@
-// Keeps this host's services registered in Consul: persists them, re-registers what the agent lost, drains on removal.
+// Keeps this host's services registered in Consul: probes them first, persists them, re-registers what the agent lost, drains on removal.
 // Whose token: a control-API call passes the caller's CallOptions for its one Consul write (Consul's
 // ACLs decide). Upkeep of what Consul already accepted (re-registration, restore at start, drain and
 // shutdown deregistration) uses the sidecar's token: a caller's token is never kept, and a restarted
@@ -9,23 +9,14 @@ import type { Registration, ServiceSpec } from '../protocol/wire.ts';
 import type { CallOptions, ConsulClient, LocalCheck } from '../consul/consul-client.ts';
 import { errSummary, NotTtlCheckError, ProtectedServiceError, ReservedServiceError, ServiceNotFoundError, ShuttingDownError, TandemError } from '../common/errors.ts';
 import { sidecarMarkProblem } from '../common/sidecar-marker.ts';
+import { KeyedSerial } from '../common/keyed-serial.ts';
 import { ConsulPermissionError, ConsulUnavailableError } from '../consul/errors.ts';
-import { effectiveCheck, serviceId, toConsulDefinition } from './service-definition.ts';
+import { effectiveCheck, serviceId } from './service-definition.ts';
+import { ConsulRegistration } from './consul-registration.ts';
 import type { StateStore } from '../common/state-store.ts';
-
-type Source = Registration['source'];
-
-interface Entry {
-  id: string;
-  spec: ServiceSpec;
-  source: Source;
-  state: 'registered' | 'pending' | 'draining';
-  /**
-   * The sidecar is restoring it (config or state at start, or the agent lost it): HTTP/TCP checks are
-   * registered passing so routing does not stop for a check interval; the first check run corrects it.
-   */
-  restore: boolean;
-}
+import { Liveness } from './liveness.ts';
+import { healthOf, toRegistration, toStored, type Entry, type Source, type Stored } from './entry.ts';
+import type { ProbeResult } from './probe.ts';
 
 export interface RegistrarOptions {
   consul: ConsulClient;
@@ -39,6 +30,8 @@ export interface RegistrarOptions {
   checkIntervalMs: number;
   checkTimeoutMs: number;
   ttlMs: number;
+  /** How long a liveness-held registration outlives its app's last stream (a sidecar restart, a hiccup). */
+  livenessGraceMs: number;
   /** Services from the config file: registered at start, not persisted (the file is their home). */
   configServices: readonly ServiceSpec[];
 }
@@ -50,23 +43,29 @@ export interface RegisterResult {
 }
 
 const STATE_FILE = 'registrations';
+const SYNC_CONCURRENCY = 8;
 
 export class Registrar {
   #o: RegistrarOptions;
   #entries = new Map<string, Entry>();
   /** Ids removed while Consul was unreachable: deregistered as soon as it answers again. */
   #orphans = new Set<string>();
-  #queues = new Map<string, Promise<unknown>>();
+  /** Consul-changing work for one id runs one at a time, so a sync never races a removal. */
+  #queue = new KeyedSerial();
   #timer: NodeJS.Timeout | undefined;
   #syncing: Promise<void> | undefined;
   #consulUp: boolean | undefined;
-  #agentAddress: string | undefined;
   #closing = false;
-  #sidecarId = '';
   #permission: string | undefined;
+  #liveness: Liveness;
+  #writer: ConsulRegistration;
+  /** The stored registrations are loaded: a liveness stream can find what it holds. */
+  #restored = false;
 
   constructor(opts: RegistrarOptions) {
     this.#o = opts;
+    this.#writer = new ConsulRegistration(opts);
+    this.#liveness = new Liveness(opts.livenessGraceMs, (id) => this.#expire(id));
   }
 
   get consulReachable(): boolean | undefined {
@@ -81,8 +80,8 @@ export class Registrar {
   /** Loads config and persisted registrations, adds the sidecar's own `tandem` service, and syncs. */
   async start(sidecarService: ServiceSpec): Promise<void> {
     const stored = await this.#o.store.load(STATE_FILE);
-    const fromState = Array.isArray(stored) ? (stored as { spec: ServiceSpec }[]) : [];
-    this.#sidecarId = serviceId(sidecarService, this.#o.nodeName);
+    const fromState = Array.isArray(stored) ? (stored as Stored[]) : [];
+    this.#writer.sidecarId = serviceId(sidecarService, this.#o.nodeName);
     this.#add(sidecarService, 'sidecar');
     for (const spec of this.#o.configServices) {
       // The sidecar's marks are unforgeable only if nothing else registered through Tandem carries them.
@@ -90,35 +89,39 @@ export class Registrar {
       if (problem) throw new ReservedServiceError(`config service '${spec.name}': ${problem}`);
       this.#add(spec, 'config');
     }
-    for (const { spec } of fromState) {
+    for (const { spec, liveness } of fromState) {
       const problem = sidecarMarkProblem(spec);
       if (problem) this.#o.logger.warn({ service: spec.name, problem }, 'not restoring a stored registration that carries a sidecar mark');
-      else this.#add(spec, 'api');
+      // A restored SDK registration must be claimed again by its app's liveness stream within the grace,
+      // or it goes: a sidecar restart must not resurrect an app that died meanwhile.
+      else if (this.#add(spec, 'api', liveness === true)) this.#liveness.expect(serviceId(spec, this.#o.nodeName));
     }
+    this.#restored = true;
     await this.sync();
     this.#timer = setInterval(() => void this.sync(), this.#o.syncIntervalMs);
     this.#timer.unref();
   }
 
   /**
-   * Registers (or replaces) a service, in Consul with `call`'s token. Consul unreachable → kept as
-   * pending (unless `defer` is false); Consul refusing → nothing changes. `defer: false` is for a
-   * caller's own token under ACLs: a pending registration is made later with the sidecar's token, which
-   * would lend it to a token Consul never checked.
+   * Registers (or replaces) a service, in Consul with `call`'s token, its check's first status taken
+   * from probing it now. Consul unreachable → kept as pending (unless `defer` is false); Consul
+   * refusing → nothing changes. `defer: false` is for a caller's own token under ACLs: a pending
+   * registration is made later with the sidecar's token, which would lend it to a token Consul never
+   * checked. `liveness`: the app holds a liveness stream for it (see holdLiveness).
    */
-  async register(spec: ServiceSpec, call: CallOptions = {}, defer = true): Promise<RegisterResult> {
+  async register(spec: ServiceSpec, call: CallOptions = {}, defer = true, opts: { liveness?: boolean } = {}): Promise<RegisterResult> {
     if (this.#closing) throw new ShuttingDownError();
     const problem = sidecarMarkProblem(spec);
     if (problem) throw new ReservedServiceError(problem);
     const id = serviceId(spec, this.#o.nodeName);
-    if (id === this.#sidecarId) throw new ProtectedServiceError(id);
-    return this.#serial(id, async () => {
-      const entry: Entry = { id, spec, source: 'api', state: 'pending', restore: false };
+    if (id === this.#writer.sidecarId) throw new ProtectedServiceError(id);
+    return this.#queue.run(id, async () => {
+      const entry: Entry = { id, spec, source: 'api', state: 'pending', liveness: opts.liveness === true || this.#liveness.connected(id), reaped: false };
       let pending = false;
+      let probe: ProbeResult | undefined;
       try {
-        await this.#registerInConsul(entry, call);
+        probe = await this.#writer.register(spec, call);
         entry.state = 'registered';
-        entry.restore = true;
       } catch (err) {
         if (!(err instanceof ConsulUnavailableError)) throw err; // 403/400: the old registration stays as it was
         this.#markDown(err);
@@ -127,9 +130,11 @@ export class Registrar {
       }
       this.#orphans.delete(id);
       this.#entries.set(id, entry);
+      if (entry.liveness) this.#liveness.expect(id);
+      else this.#liveness.forget(id);
       await this.#persist();
-      this.#o.logger.info({ service: id, pending }, pending ? 'registration kept pending: Consul is unreachable' : 'service registered');
-      return { registration: this.#view(entry, undefined), pending };
+      this.#o.logger.info({ service: id, pending, check: probe?.status, probe: probe?.output }, pending ? 'registration kept pending: Consul is unreachable' : 'service registered');
+      return { registration: toRegistration(entry, this.#writer.definition(spec), undefined), pending };
     });
   }
 
@@ -142,7 +147,7 @@ export class Registrar {
     if (!entry || entry.state === 'draining') throw new ServiceNotFoundError(id);
     if (entry.source === 'sidecar') throw new ProtectedServiceError(id);
     entry.state = 'draining';
-    return this.#serial(id, async () => {
+    return this.#queue.run(id, async () => {
       try {
         await this.#drain([entry], call);
         return { pending: false };
@@ -157,19 +162,53 @@ export class Registrar {
       } finally {
         if (entry.state === 'draining') {
           this.#entries.delete(id);
+          this.#liveness.forget(id);
           await this.#persist();
         }
       }
     });
   }
 
-  /** Passes a TTL check, with `call`'s token. */
+  /**
+   * An app's liveness stream for `id` opened (the SDK holds one per registration): from now on the
+   * registration lives as long as its app holds one, plus the grace. Returns the function to call
+   * when the stream closes.
+   */
+  async holdLiveness(id: string): Promise<() => void> {
+    // Before the restore, "not found" would be wrong, and the app would stop holding it: retry instead.
+    if (!this.#restored) throw new TandemError('TANDEM_ERR_STARTING', 503, 'the sidecar is still starting (restoring its registrations)');
+    const entry = this.#entries.get(id);
+    if (!entry || entry.state === 'draining' || entry.source !== 'api') throw new ServiceNotFoundError(id);
+    const release = this.#liveness.open(id);
+    if (!entry.liveness) {
+      entry.liveness = true;
+      await this.#persist();
+    }
+    return release;
+  }
+
+  get livenessGraceMs(): number {
+    return this.#liveness.graceMs;
+  }
+
+  /** Passes a TTL check, with `call`'s token. A reaped TTL registration comes back with it (the heartbeat is the proof of life). */
   async heartbeat(id: string, note?: string, call: CallOptions = {}): Promise<void> {
     const entry = this.#entries.get(id);
     if (!entry || entry.state === 'draining') throw new ServiceNotFoundError(id);
     const check = effectiveCheck(entry.spec);
     if (check.kind !== 'ttl') throw new NotTtlCheckError(id, check.kind);
-    await this.#o.consul.passCheck(`service:${id}`, note, call);
+    // Proof of life even when it cannot be passed on yet (a restarted sidecar that has not registered it again).
+    entry.beatAt = Date.now();
+    // In line with registrations of this id, so that one in flight cannot overwrite this pass with critical.
+    await this.#queue.run(id, async () => {
+      if (entry.reaped && this.#entries.get(id) === entry) {
+        await this.#writer.register(entry.spec, call, 'passing');
+        entry.reaped = false;
+        entry.state = 'registered';
+        this.#o.logger.info({ service: id }, 'a heartbeat brought back a registration Consul had removed');
+      }
+      await this.#o.consul.passCheck(`service:${id}`, note, call);
+    });
   }
 
   /** This host's registrations with their Consul health (`unknown` when Consul is unreachable). */
@@ -180,12 +219,18 @@ export class Registrar {
     } catch (err) {
       if (!(err instanceof ConsulUnavailableError)) throw err;
     }
-    return [...this.#entries.values()].map((e) => this.#view(e, checks));
+    return [...this.#entries.values()].map((e) => toRegistration(e, this.#writer.definition(e.spec), checks));
   }
 
   /** Every registration as it stands, without asking Consul (for status and metrics). */
-  snapshot(): { id: string; name: string; version: string; source: Registration['source']; state: Entry['state'] }[] {
-    return [...this.#entries.values()].map((e) => ({ id: e.id, name: e.spec.name, version: e.spec.version, source: e.source, state: e.state }));
+  snapshot(): { id: string; name: string; version: string; source: Registration['source']; state: Entry['state']; liveness: boolean }[] {
+    return [...this.#entries.values()].map((e) => ({ id: e.id, name: e.spec.name, version: e.spec.version, source: e.source, state: e.state, liveness: e.liveness }));
+  }
+
+  /** The snapshot with each registration's Consul health from the local agent (`unknown` when it cannot be read). */
+  async snapshotWithHealth(): Promise<(ReturnType<Registrar['snapshot']>[number] & { health: Registration['health'] })[]> {
+    const checks = await this.#o.consul.localChecks().catch(() => undefined);
+    return this.snapshot().map((r) => ({ ...r, health: healthOf(r.id, checks) }));
   }
 
   has(id: string): boolean {
@@ -202,13 +247,13 @@ export class Registrar {
     await Promise.all(ids.filter((id) => this.#entries.get(id)?.state === 'registered').map((id) => this.#o.consul.setMaintenance(id, enable, reason)));
   }
 
-  /** Deregisters at once (the caller drained them already) and forgets them. */
-  async removeNow(ids: readonly string[]): Promise<void> {
+  /** Deregisters at once (the caller drained them already, or their app is gone) and forgets them. */
+  async removeNow(ids: readonly string[], why = 'drained'): Promise<void> {
     for (const id of ids) {
       const entry = this.#entries.get(id);
       if (!entry || entry.source === 'sidecar') continue;
       entry.state = 'draining';
-      await this.#serial(id, async () => {
+      await this.#queue.run(id, async () => {
         try {
           await this.#o.consul.deregisterService(id);
         } catch (err) {
@@ -216,7 +261,8 @@ export class Registrar {
           this.#orphans.add(id);
         }
         this.#entries.delete(id);
-        this.#o.logger.info({ service: id }, 'service deregistered (drained)');
+        this.#liveness.forget(id);
+        this.#o.logger.info({ service: id }, `service deregistered (${why})`);
       });
     }
     await this.#persist();
@@ -233,6 +279,7 @@ export class Registrar {
   /** Stops syncing and removes every registration from Consul (maintenance, drain, deregister); state stays on disk. */
   async close(): Promise<void> {
     this.#closing = true;
+    this.#liveness.close();
     if (this.#timer) clearInterval(this.#timer);
     await this.#syncing;
     const entries = [...this.#entries.values()].filter((e) => e.state !== 'draining');
@@ -255,8 +302,11 @@ export class Registrar {
       return;
     }
     this.#markUp();
+    // Without the sidecar's own registration the agent lost everything (restarted): all comes back.
+    // With it, one missing service was removed on purpose (reaper, operator): see Entry.reaped.
+    const agentLostAll = !present.has(this.#writer.sidecarId);
     for (const id of [...this.#orphans]) {
-      await this.#serial(id, async () => {
+      await this.#queue.run(id, async () => {
         if (this.#entries.has(id)) return;
         try {
           await this.#o.consul.deregisterService(id);
@@ -266,57 +316,61 @@ export class Registrar {
         }
       });
     }
-    for (const entry of [...this.#entries.values()]) {
-      if (entry.state === 'draining' || (entry.state === 'registered' && present.has(entry.id))) continue;
-      await this.#serial(entry.id, async () => {
-        if (this.#entries.get(entry.id) !== entry || entry.state === 'draining' || this.#closing) return;
-        const wasPending = entry.state === 'pending';
-        try {
-          await this.#registerInConsul(entry);
-          entry.state = 'registered';
-          entry.restore = true;
-          if (entry.source === 'sidecar' && this.#permission) {
-            this.#permission = undefined;
-            this.#o.logger.info('Consul accepts the ACL token again');
-          }
-          this.#o.logger.info({ service: entry.id }, wasPending ? 'pending registration registered' : 're-registered a service the Consul agent had lost');
-        } catch (err) {
+    const todo = [...this.#entries.values()].filter((e) => e.state !== 'draining' && !(e.state === 'registered' && present.has(e.id)));
+    // A few at a time: each probes its service first (bounded by the check timeout), so one hanging port delays no other.
+    const worker = async () => {
+      for (let entry = todo.shift(); entry; entry = todo.shift()) await this.#syncEntry(entry, agentLostAll);
+    };
+    await Promise.all(Array.from({ length: Math.min(SYNC_CONCURRENCY, todo.length) }, worker));
+  }
+
+  #syncEntry(entry: Entry, agentLostAll: boolean): Promise<void> {
+    return this.#queue.run(entry.id, async () => {
+      if (this.#entries.get(entry.id) !== entry || entry.state === 'draining' || this.#closing) return;
+      const wasPending = entry.state === 'pending';
+      const wasReaped = entry.reaped;
+      if (entry.state === 'registered' && !agentLostAll && entry.source !== 'sidecar') entry.reaped = true;
+      try {
+        const probe = await this.#writer.register(entry.spec, {}, this.#recentBeat(entry) ? 'passing' : undefined, entry.reaped);
+        if (!probe) {
+          if (entry.state === 'registered') this.#o.logger.warn({ service: entry.id }, 'Consul removed this service while its check failed (DeregisterCriticalServiceAfter, or an operator): kept out of Consul until its check passes');
           entry.state = 'pending';
-          if (err instanceof ConsulPermissionError && entry.source === 'sidecar') {
-            if (!this.#permission) this.#o.logger.error({ err: errSummary(err) }, 'Consul refuses the sidecar ACL token: registrations fail and reads may come back filtered (empty)');
-            this.#permission = 'Consul refuses the sidecar ACL token (403): set CONSUL_HTTP_TOKEN or CONSUL_HTTP_TOKEN_FILE to a token with the Tandem policy';
-          }
-          if (err instanceof ConsulUnavailableError) this.#markDown(err);
-          else this.#o.logger.error({ service: entry.id, err: errSummary(err) }, 'Consul refuses this registration; retrying');
+          return;
         }
-      });
-    }
+        entry.state = 'registered';
+        entry.reaped = false;
+        if (entry.source === 'sidecar' && this.#permission) {
+          this.#permission = undefined;
+          this.#o.logger.info('Consul accepts the ACL token again');
+        }
+        this.#o.logger.info({ service: entry.id, check: probe.status }, wasReaped ? 'its check passes again: back in Consul' : wasPending ? 'pending registration registered' : 're-registered a service the Consul agent had lost');
+      } catch (err) {
+        entry.state = 'pending';
+        if (err instanceof ConsulPermissionError && entry.source === 'sidecar') {
+          if (!this.#permission) this.#o.logger.error({ err: errSummary(err) }, 'Consul refuses the sidecar ACL token: registrations fail and reads may come back filtered (empty)');
+          this.#permission = 'Consul refuses the sidecar ACL token (403): set CONSUL_HTTP_TOKEN or CONSUL_HTTP_TOKEN_FILE to a token with the Tandem policy';
+        }
+        if (err instanceof ConsulUnavailableError) this.#markDown(err);
+        else this.#o.logger.error({ service: entry.id, err: errSummary(err) }, 'Consul refuses this registration; retrying');
+      }
+    });
   }
 
-  async #registerInConsul(entry: Entry, call: CallOptions = {}): Promise<void> {
-    this.#agentAddress ??= this.#o.advertiseAddress ?? (await this.#agentSelf(call)).advertiseAddress;
-    await this.#o.consul.registerService(
-      toConsulDefinition(entry.spec, {
-        nodeName: this.#o.nodeName,
-        defaultAddress: this.#agentAddress,
-        sidecarId: this.#sidecarId,
-        checkIntervalMs: this.#o.checkIntervalMs,
-        checkTimeoutMs: this.#o.checkTimeoutMs,
-        ttlMs: this.#o.ttlMs,
-        initialPassing: entry.restore,
-      }),
-      call,
-    );
+  /**
+   * The app heartbeated within its TTL, so a TTL check registered again now starts passing (as Consul's
+   * would still be): else an SDK app's first beat after a sidecar restart could race the restore.
+   */
+  #recentBeat(entry: Entry): boolean {
+    const check = effectiveCheck(entry.spec);
+    return check.kind === 'ttl' && entry.beatAt !== undefined && Date.now() - entry.beatAt < (check.ttlMs ?? this.#o.ttlMs);
   }
 
-  /** Read with the sidecar's token: on a caller's write, its refusal must not pass for the caller's token being refused. */
-  async #agentSelf(call: CallOptions): Promise<{ advertiseAddress: string }> {
-    try {
-      return await this.#o.consul.agentSelf();
-    } catch (err) {
-      if (call.token === undefined || !(err instanceof ConsulPermissionError)) throw err;
-      throw new TandemError(err.code, err.statusCode, err.message);
-    }
+  /** The liveness grace of `id` ran out without a stream: its app is gone, so is the registration (no drain: nothing answers). */
+  #expire(id: string): void {
+    const entry = this.#entries.get(id);
+    if (!entry?.liveness || entry.state === 'draining' || this.#closing) return;
+    this.#o.logger.warn({ service: id, graceMs: this.#liveness.graceMs }, "the app's liveness stream closed and did not come back within the grace: deregistering its service");
+    this.removeNow([id], 'its app is gone').catch((err: unknown) => this.#o.logger.warn({ service: id, err: errSummary(err) }, 'could not deregister a service whose app is gone'));
   }
 
   async #drain(entries: readonly Entry[], call: CallOptions = {}): Promise<void> {
@@ -329,27 +383,17 @@ export class Registrar {
     for (const e of live) this.#o.logger.info({ service: e.id }, 'service deregistered');
   }
 
-  #add(spec: ServiceSpec, source: Source): void {
+  /** Adds a restored registration; false when an entry for its id was there already. */
+  #add(spec: ServiceSpec, source: Source, liveness = false): boolean {
     const id = serviceId(spec, this.#o.nodeName);
     // An app may have registered through the API before start() ran: its newer spec wins (never over the sidecar's own).
-    if (source === 'sidecar' || !this.#entries.has(id)) this.#entries.set(id, { id, spec, source, state: 'pending', restore: true });
+    if (source !== 'sidecar' && this.#entries.has(id)) return false;
+    this.#entries.set(id, { id, spec, source, state: 'pending', liveness, reaped: false });
+    return true;
   }
 
   async #persist(): Promise<void> {
-    const api = [...this.#entries.values()].filter((e) => e.source === 'api' && e.state !== 'draining').map((e) => ({ spec: e.spec }));
-    await this.#o.store.save(STATE_FILE, api);
-  }
-
-  /** Runs Consul-changing work for one id one at a time, so a sync never races a removal. */
-  #serial<T>(id: string, fn: () => Promise<T>): Promise<T> {
-    const prev = this.#queues.get(id) ?? Promise.resolve();
-    const next = prev.then(fn, fn);
-    const tail = next.catch(() => undefined);
-    this.#queues.set(id, tail);
-    void tail.then(() => {
-      if (this.#queues.get(id) === tail) this.#queues.delete(id);
-    });
-    return next;
+    await this.#o.store.save(STATE_FILE, toStored(this.#entries.values()));
   }
 
   #markDown(err: unknown): void {
@@ -360,36 +404,6 @@ export class Registrar {
   #markUp(): void {
     if (this.#consulUp === false) this.#o.logger.info({ consul: this.#o.consul.address }, 'Consul is reachable again');
     this.#consulUp = true;
-  }
-
-  #view(e: Entry, checks: LocalCheck[] | undefined): Registration {
-    const def = toConsulDefinition(e.spec, {
-      nodeName: this.#o.nodeName,
-      defaultAddress: this.#agentAddress ?? this.#o.advertiseAddress ?? '',
-      sidecarId: this.#sidecarId,
-      checkIntervalMs: this.#o.checkIntervalMs,
-      checkTimeoutMs: this.#o.checkTimeoutMs,
-      ttlMs: this.#o.ttlMs,
-    });
-    let health: Registration['health'] = 'unknown';
-    if (checks) {
-      const mine = checks.filter((c) => c.serviceId === e.id);
-      if (mine.some((c) => c.checkId.startsWith('_service_maintenance'))) health = 'maintenance';
-      else if (mine.length > 0) health = mine.some((c) => c.status === 'critical') ? 'critical' : mine.some((c) => c.status === 'warning') ? 'warning' : 'passing';
-    }
-    return {
-      id: e.id,
-      name: e.spec.name,
-      version: e.spec.version,
-      address: def.Address,
-      port: def.Port,
-      tags: def.Tags,
-      meta: def.Meta,
-      check: effectiveCheck(e.spec),
-      source: e.source,
-      state: e.state,
-      health,
-    };
   }
 }
 

@@ -10,9 +10,15 @@ export interface DefinitionContext {
   checkIntervalMs: number;
   checkTimeoutMs: number;
   ttlMs: number;
-  /** Register HTTP/TCP checks as passing (the sidecar restores a registration it had). */
-  initialPassing?: boolean;
 }
+
+/**
+ * The backstop against zombies on every registration: Consul's agent removes a service whose check
+ * has been critical this long (its minimum; the agent's reaper runs every 30 s, so removal comes
+ * 60-90 s after the check went critical). It covers what the sidecar cannot: the sidecar itself
+ * killed for good, or an app registered without a liveness stream that died.
+ */
+export const DEREGISTER_CRITICAL_AFTER = '1m';
 
 export function serviceId(spec: Pick<ServiceSpec, 'id' | 'name' | 'port'>, nodeName: string): string {
   return spec.id ?? `${spec.name}-${nodeName}-${spec.port}`;
@@ -27,6 +33,12 @@ export function versionTags(version: string): string[] {
 export function effectiveCheck(spec: ServiceSpec): CheckSpec {
   // Without a check of its own, a service is checked on its port over TCP: it works for any server.
   return spec.check ?? { kind: 'tcp' };
+}
+
+/** How long one run of an HTTP/TCP check may take (Consul's `Timeout`; the sidecar's own probe uses the same bound). */
+export function checkTimeoutMs(check: CheckSpec, ctx: Pick<DefinitionContext, 'checkIntervalMs' | 'checkTimeoutMs'>): number {
+  if (check.kind === 'ttl') return ctx.checkTimeoutMs;
+  return check.timeoutMs ?? Math.min(ctx.checkTimeoutMs, check.intervalMs ?? ctx.checkIntervalMs);
 }
 
 function hostPort(address: string, port: number): string {
@@ -48,7 +60,7 @@ export function toConsulDefinition(spec: ServiceSpec, ctx: DefinitionContext): C
         Notes: notes,
         HTTP: `http://${hostPort(address, spec.port)}${check.path}`,
         Interval: consulDuration(interval),
-        Timeout: consulDuration(check.timeoutMs ?? Math.min(ctx.checkTimeoutMs, interval)),
+        Timeout: consulDuration(checkTimeoutMs(check, ctx)),
       };
       break;
     }
@@ -59,7 +71,7 @@ export function toConsulDefinition(spec: ServiceSpec, ctx: DefinitionContext): C
         Notes: notes,
         TCP: hostPort(address, spec.port),
         Interval: consulDuration(interval),
-        Timeout: consulDuration(check.timeoutMs ?? Math.min(ctx.checkTimeoutMs, interval)),
+        Timeout: consulDuration(checkTimeoutMs(check, ctx)),
       };
       break;
     }
@@ -73,7 +85,7 @@ export function toConsulDefinition(spec: ServiceSpec, ctx: DefinitionContext): C
       break;
     }
   }
-  if (ctx.initialPassing && check.kind !== 'ttl') Check.Status = 'passing';
+  Check.DeregisterCriticalServiceAfter = DEREGISTER_CRITICAL_AFTER;
   const tags = [...new Set([...versionTags(spec.version), ...(spec.tags ?? [])])];
   return {
     ID: id,

@@ -4,6 +4,7 @@ import { createServer, request } from 'node:http';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import pino from 'pino';
 import { EventBus } from '../../src/cluster/event-bus.ts';
 import { encodeEvent, eventKey } from '../../src/cluster/event-feed.ts';
@@ -82,7 +83,9 @@ function rawRequest(base: string, method: string, path: string): Promise<{ statu
 }
 
 test('230 event streams on distinct topics hold one Consul query; Consul keeps answering; closing them gives everything back', async (t) => {
-  const s = await sidecar(consul.address, 'flood');
+  // The events query gives its lease back when its request in flight ends (BlockingQuery#stop does not
+  // abort it: Consul would count the dropped connection until the wait ends anyway), so a short wait.
+  const s = await sidecar(consul.address, 'flood', ['--set', 'watch.waitMs=5000']);
   const before = { leases: s.sidecar.clusterStats().budget.inUse, conns: connectionsTo(consul.httpPort) };
   const streams = Array.from({ length: 230 }, (_, i) => stream(`${s.api}/v1/events/flood-${i}`));
   await eventually(() => streams.every((x) => x.has('cursor')) || undefined, 'every stream started', 60_000);
@@ -176,6 +179,43 @@ test('a forged high-sequence key does not stop a publisher\'s later events, and 
   assert.ok((JSON.parse(late.events[0]?.data ?? '{}') as Record<string, number>)[e1.publisher] ?? 0 < forgedSeq);
   await api('POST', `${s.api}/v1/events/forge`, { n: 4 });
   await eventually(() => payloads(late).length === 1 || undefined, 'the late subscriber gets the next event');
+});
+
+test("a forged key 50 s ahead (zero-padded, matching value) neither reaches subscribers nor silences the publisher; one 3 s ahead waits for its time", async () => {
+  const s = await sidecar(consul.address, 'forge-near');
+  const sub = stream(`${s.api}/v1/events/orders`);
+  cleanups.push(() => sub.close());
+  await eventually(() => sub.has('cursor') || undefined, 'subscribed');
+  const pub = ((await api('POST', `${s.api}/v1/events/orders`, { n: 1 })).body as { publisher: string }).publisher;
+  await eventually(() => payloads(sub).length === 1 || undefined, 'first event');
+  // What the review put straight into Consul KV: the publisher's own key shape and a value naming it.
+  const forge = async (aheadMs: number) => {
+    const seq = (Date.now() + aheadMs) * 1000;
+    const res = await fetch(`${consul.address}/v1/kv/${eventKey('orders', pub, seq)}`, { method: 'PUT', body: encodeEvent(pub, seq, Date.now(), 'FORGED') });
+    assert.equal(res.status, 200);
+    return { seq, key: eventKey('orders', pub, seq) };
+  };
+  const publish = async (n: number) => assert.equal((await api('POST', `${s.api}/v1/events/orders`, { n })).status, 201);
+
+  const far = await forge(50_000);
+  await sleep(300); // the forged key reaches the sidecar before the real events
+  for (const n of [2, 3]) await publish(n);
+  await eventually(() => payloads(sub).length >= 3 || undefined, 'the real events after the forged key');
+  assert.deepEqual(payloads(sub), [{ n: 1 }, { n: 2 }, { n: 3 }]);
+  await eventually(async () => (await fetch(`${consul.address}/v1/kv/${far.key}`)).status === 404, 'the forged key deleted');
+
+  // Within the skew allowance: delivered (impersonation needs signatures to stop), but only once its
+  // time has come, after every real event published before it; the events after it arrive too.
+  await forge(3000);
+  await sleep(300);
+  const t0 = Date.now();
+  for (const n of [4, 5]) await publish(n);
+  await eventually(() => payloads(sub).length >= 5 || undefined, 'the real events published while the forged key waits');
+  assert.ok(Date.now() - t0 < 2500, 'not held back by the forged key');
+  await eventually(() => payloads(sub).includes('FORGED') || undefined, 'the forged event, once due', 10_000);
+  await publish(6);
+  await eventually(() => payloads(sub).length >= 7 || undefined, 'the real event after it');
+  assert.deepEqual(payloads(sub), [{ n: 1 }, { n: 2 }, { n: 3 }, { n: 4 }, { n: 5 }, 'FORGED', { n: 6 }]);
 });
 
 test('a CAS write that stores nothing fails publish with 409 TANDEM_ERR_EVENT_NOT_STORED (real Consul, its next key taken)', async (t) => {

@@ -19,6 +19,22 @@ async function consulConnections(port: number): Promise<number> {
   return n;
 }
 
+/**
+ * Connections the Consul agent holds for clients (its side of each socket, any state but LISTEN and
+ * TIME_WAIT): a client that dropped a blocking query still counts here until Consul's wait ends.
+ */
+async function consulHeld(port: number): Promise<number> {
+  let n = 0;
+  for (const file of ['/proc/net/tcp', '/proc/net/tcp6']) {
+    const text = await readFile(file, 'utf8').catch(() => '');
+    for (const line of text.split('\n').slice(1)) {
+      const f = line.trim().split(/\s+/);
+      if (f[1] && parseInt(f[1].split(':').pop() ?? '', 16) === port && f[3] !== '0A' && f[3] !== '06') n++;
+    }
+  }
+  return n;
+}
+
 /** Opens an SSE stream and resolves once its first bytes arrived; `close()` aborts it. */
 async function openStream(url: string): Promise<{ close: () => void; status: number }> {
   const ac = new AbortController();
@@ -80,4 +96,24 @@ test('230 event streams and 200 unknown names at once: Consul still answers othe
   await eventually(async () => (await consulConnections(consul.httpPort)) <= before + 4, 'connections back to the baseline', 20_000);
   const afterCount = await consulConnections(consul.httpPort);
   console.log(`Consul connections ${Date.now() - t0} ms after the streams closed: ${afterCount} (before: ${before})`);
+});
+
+test("opening and closing event streams in a loop never piles up connections on Consul's side", { timeout: 180_000 }, async () => {
+  const { sidecar, api: apiUrl, stateDir } = await startSidecar(consul.address);
+  after(async () => {
+    await sidecar.close();
+    await removeDir(stateDir);
+  });
+  let most = 0;
+  for (let i = 0; i < 300; i++) {
+    const s = await openStream(`${apiUrl}/v1/events/churn-${i}`);
+    assert.equal(s.status, 200);
+    s.close();
+    if (i % 10 === 0) most = Math.max(most, await consulHeld(consul.httpPort));
+  }
+  most = Math.max(most, await consulHeld(consul.httpPort));
+  console.log(`connections Consul held during 300 open/close stream cycles: at most ${most}`);
+  assert.ok(most <= 20, `Consul held ${most} connections`);
+  const leader = await fetch(`${consul.address}/v1/status/leader`);
+  assert.equal(leader.status, 200);
 });

@@ -57,7 +57,8 @@ export async function spawnSidecar(args: string[], env: Record<string, string> =
     if (child.exitCode !== null) throw new Error(`tandem exited with ${child.exitCode}: ${err}`);
     try {
       const res = await fetch(`${api}/v1/health`);
-      if (res.ok) break;
+      // 503 is a degraded sidecar (Consul unreachable): up and answering all the same.
+      if (res.ok || res.status === 503) break;
     } catch {
       // not listening yet
     }

@@ -51,8 +51,14 @@ test('the index follows the answers, is never below 1, and starts over at 0 when
   calls[3]?.answer({ index: 21, value: 'd' });
   assert.equal((await nth(calls, 4)).index, 21);
   assert.deepEqual(seen, ['a', 'b', 'c', 'd']);
+  calls[4]?.fail(new Error('agent restarted'));
+  assert.equal((await nth(calls, 5)).index, 0, 'after an error: an immediate read (the agent may have come back with a lower index)');
   stop();
-  assert.equal(calls[4]?.signal.aborted, true);
+  q.close();
+  assert.equal(calls[5]?.signal.aborted, false, 'neither leaving nor close() cuts the request in flight');
+  calls[5]?.answer({ index: 30 });
+  await new Promise((r) => setTimeout(r, 30));
+  assert.equal(calls.length, 6, 'and nothing is asked after it');
 });
 
 test('errors back off with a growing, capped, jittered delay, and are reported once per run', async () => {
@@ -75,25 +81,34 @@ test('errors back off with a growing, capped, jittered delay, and are reported o
   stop();
 });
 
-test('a subscriber leaving before the first answer aborts the read in flight and gives the lease back', async () => {
+test('a subscriber leaving lets the read in flight end (no dropped connection for Consul to hold), then gives the lease back', async () => {
   const budget = new ConnectionBudget({ capacity: 2, reserved: 0 });
   const { fetch, calls } = fakeFetch();
   const q = query(fetch, budget);
-  const stop = q.subscribe(() => assert.fail('no answer was given'));
-  const first = await nth(calls, 0);
+  const stop = q.subscribe(() => undefined);
+  (await nth(calls, 0)).answer({ index: 5 });
+  const blocking = await nth(calls, 1);
+  assert.equal(blocking.index, 5);
   assert.equal(budget.snapshot().inUse, 1);
   stop();
-  assert.equal(first.signal.aborted, true, 'the HTTP request is cancelled');
-  assert.equal(budget.snapshot().inUse, 0, 'the lease is back');
+  assert.equal(blocking.signal.aborted, false, 'the blocking request is not cut');
+  assert.equal(budget.snapshot().inUse, 1, 'its connection still counts until it ends');
+  // Open-and-close churn reuses the running loop: no new lease, no new request.
+  for (let i = 0; i < 50; i++) q.subscribe(() => undefined)();
+  assert.equal(budget.snapshot().inUse, 1);
+  assert.equal(calls.length, 2);
+  blocking.answer({ index: 6 });
+  await eventually(() => budget.snapshot().inUse === 0, 'the lease back once the request ended');
   await new Promise((r) => setTimeout(r, 50));
-  assert.equal(calls.length, 1, 'no further read');
-  // It can start again later.
+  assert.equal(calls.length, 2, 'no further read');
+  // It can start again later, with a fresh loop.
   const again = q.subscribe(() => undefined);
-  assert.equal((await nth(calls, 1)).index, 0);
+  assert.equal((await nth(calls, 2)).index, 6);
   assert.equal(budget.snapshot().inUse, 1);
   again();
   q.close();
-  assert.equal(budget.snapshot().inUse, 0);
+  (await nth(calls, 2)).answer({ index: 7 });
+  await eventually(() => budget.snapshot().inUse === 0, 'the lease back once its last request ended');
 });
 
 test('first() is bounded: TANDEM_ERR_CATALOG_UNAVAILABLE after its timeout, the value once there is one', async () => {
@@ -125,9 +140,9 @@ test('requery() asks again with an immediate read after the delay', async () => 
   stop();
 });
 
-test('the budget refuses a query with ConsulBudgetExhaustedError (503, its own code) and counts the refusal', () => {
+test('the budget refuses a query with ConsulBudgetExhaustedError (503, its own code) and counts the refusal', async () => {
   const budget = new ConnectionBudget({ capacity: 1, reserved: 0 });
-  const { fetch } = fakeFetch();
+  const { fetch, calls } = fakeFetch();
   const a = query(fetch, budget);
   const b = query(fetch, budget);
   const stop = a.subscribe(() => undefined);
@@ -138,7 +153,14 @@ test('the budget refuses a query with ConsulBudgetExhaustedError (503, its own c
   assert.equal(budget.snapshot().refused, 1);
   assert.equal(b.listenerCount, 0, 'a refused subscriber is not kept');
   stop();
-  assert.doesNotThrow(() => b.subscribe(() => undefined)(), 'room again once the first one stopped');
+  // Its request in flight still holds the room until it ends.
+  assert.throws(() => b.subscribe(() => undefined), ConsulBudgetExhaustedError);
+  (await nth(calls, 0)).answer({ index: 2 });
+  await eventually(() => budget.snapshot().inUse === 0, 'the first one ended');
+  const again = b.subscribe(() => undefined);
+  again();
+  b.close();
+  a.close();
 });
 
 test('shared leases cannot take the reserved room; reserved ones may use all of it', () => {

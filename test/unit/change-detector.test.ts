@@ -140,11 +140,15 @@ test('beyond the shared room, services are served by one change detector: same u
 
   // When every detector-served service is gone, the detector holds no connection.
   for (const s of subs.slice(4)) s.close();
-  assert.equal(consul.budget.snapshot().byKind.reserved, 1, 'only the names watch is left');
+  // A query whose last subscriber left ends with its request in flight (Consul would otherwise hold
+  // the dropped connection until its wait ends): a change ends every blocking read here.
+  consul.change('unrelated', [entry('unrelated', 1)]);
+  await eventually(() => consul.budget.snapshot().byKind.reserved === 1, 'only the names watch left', 2000);
   assert.equal(w.detectorStats().serving, 0);
   for (const s of subs.slice(0, 4)) s.close();
   await w.close();
-  assert.equal(consul.budget.snapshot().inUse, 0);
+  consul.change('unrelated', [entry('unrelated', 2)]);
+  await eventually(() => consul.budget.snapshot().inUse === 0, 'every connection given back once its request ended', 2000);
 });
 
 test('when room comes free, a detector-served service gets a watch of its own without a second reset', async () => {
@@ -156,6 +160,8 @@ test('when room comes free, a detector-served service gets a watch of its own wi
   await eventually(() => c?.ids().length === 1, 'c answered', 2000);
   assert.equal(w.stats('c')[0]?.via, 'detector');
   a?.close();
+  // a's room is free once its request in flight has ended.
+  consul.change('unrelated', [entry('unrelated', 1)]);
   await eventually(() => w.stats('c')[0]?.via === 'watch', 'c promoted', 2000);
   consul.change('c', [entry('c', 1), entry('c', 2)]);
   await eventually(() => c?.ids().length === 2, 'c still sees changes', 2000);

@@ -1,8 +1,8 @@
-// Unit tests of the event bus's pure logic: key format, trust on read, hold-back after a failed read, and a refused CAS.
+// Unit tests of the event bus's pure logic: key format, trust on read (forged keys, clock skew), hold-back after a failed read, and a refused CAS.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import pino from 'pino';
-import { decodeEvent, encodeEvent, eventKey, isFromTheFuture, parseEventKey, TopicFeed, type Cursor, type EventKey } from '../../src/cluster/event-feed.ts';
+import { decodeEvent, encodeEvent, eventKey, isFromTheFuture, MAX_CLOCK_SKEW_MS, parseEventKey, TopicFeed, type Cursor, type EventKey } from '../../src/cluster/event-feed.ts';
 import { EventBus } from '../../src/cluster/event-bus.ts';
 import { isValidName } from '../../src/cluster/names.ts';
 import type { ConsulClient } from '../../src/consul/consul-client.ts';
@@ -36,10 +36,12 @@ test('keys round-trip; a value must name its key\'s publisher and seq', () => {
   assert.equal(parseEventKey('tandem/events/t/p1'), undefined);
 });
 
-test('a seq further ahead than clock skew is from the future; a little skew is not', () => {
+test('a seq further ahead than clock skew (5 s) is from the future; a little skew is not', () => {
   const nowMs = NOW_US / 1000;
-  assert.equal(isFromTheFuture(key('p', NOW_US + 30_000_000), nowMs), false);
-  assert.equal(isFromTheFuture(key('p', NOW_US + 61_000_000), nowMs), true);
+  assert.equal(MAX_CLOCK_SKEW_MS, 5000);
+  assert.equal(isFromTheFuture(key('p', NOW_US + 4_000_000), nowMs), false);
+  assert.equal(isFromTheFuture(key('p', NOW_US + 6_000_000), nowMs), true);
+  assert.equal(isFromTheFuture(key('p', NOW_US + 50_000_000), nowMs), true, 'the review\'s forged key, 50 s ahead');
   assert.equal(isFromTheFuture(key('p', 9_000_000_000_000_000), nowMs), true);
   assert.equal(isFromTheFuture(parseEventKey('tandem/events/t/p/9999999999999999') as EventKey, nowMs), true, 'beyond 2^53');
 });
@@ -80,8 +82,8 @@ test('forged or damaged values are never delivered and never read twice', async 
     reads++;
     return values.get(k);
   };
-  assert.deepEqual(await feed.sync([good, forged], read), [forged.key]);
-  assert.deepEqual(await feed.sync([good, forged], read), []);
+  assert.deepEqual((await feed.sync([good, forged], read)).rejected, [forged.key]);
+  assert.deepEqual((await feed.sync([good, forged], read)).rejected, []);
   assert.equal(reads, 2);
   assert.deepEqual(sub.seqs(), ['a:1']);
 });
@@ -104,6 +106,73 @@ test('a subscriber without cursor starts at the head: only later events reach it
   assert.deepEqual(late.seqs(), ['a:2']);
   late.close();
   assert.equal(feed.size, 1);
+});
+
+/** A feed on a clock the test moves; values stored as the real publisher (or a forger) would. */
+function clocked(startUs: number) {
+  const clock = { nowUs: startUs };
+  const feed = new TopicFeed('t', () => Math.floor(clock.nowUs / 1000));
+  const values = new Map<string, string>();
+  const keys: EventKey[] = [];
+  const put = (publisher: string, seq: number, payload: unknown = seq - NOW_US) => {
+    const k = key(publisher, seq);
+    values.set(k.key, stored(k, payload));
+    keys.push(k);
+    return k;
+  };
+  const sync = () => feed.sync([...keys], async (k) => values.get(k));
+  return { clock, feed, put, sync, keys };
+}
+
+test('a forged key a little ahead waits for its time: the real publisher\'s events before and after it are all delivered', async () => {
+  const f = clocked(NOW_US);
+  const sub = subscriber(f.feed, {});
+  f.put('a', NOW_US - 1000, 'real-1');
+  assert.deepEqual((await f.sync()).nextDueMs, undefined);
+  // The forger: a's key 4 s ahead (within the skew allowance), with a value that matches it.
+  f.put('a', NOW_US + 4_000_000, 'FORGED');
+  assert.deepEqual(await f.sync(), { rejected: [], ahead: [], nextDueMs: (NOW_US + 4_000_000) / 1000 });
+  // The real publisher goes on: its seqs are below the forged one until 4 s have passed.
+  for (const dt of [1_000_000, 2_000_000, 3_999_000]) {
+    f.clock.nowUs = NOW_US + dt;
+    f.put('a', NOW_US + dt, `real+${dt / 1000}ms`);
+    await f.sync();
+  }
+  assert.deepEqual(sub.got.map((e) => e.payload), ['real-1', 'real+1000ms', 'real+2000ms', 'real+3999ms'], 'the forged key has not moved the cursor');
+  f.clock.nowUs = NOW_US + 4_000_000;
+  await f.sync();
+  f.clock.nowUs = NOW_US + 4_500_000;
+  f.put('a', NOW_US + 4_500_000, 'real+4500ms');
+  await f.sync();
+  // Impersonation cannot be prevented without signatures; silencing can: nothing real is lost.
+  assert.deepEqual(sub.got.map((e) => e.payload), ['real-1', 'real+1000ms', 'real+2000ms', 'real+3999ms', 'FORGED', 'real+4500ms']);
+});
+
+test('a key too far ahead when first seen is never delivered, not even once the clock reaches it; a subscriber from now starts below keys still ahead', async () => {
+  const f = clocked(NOW_US);
+  const sub = subscriber(f.feed, {});
+  const forged = f.put('a', NOW_US + 50_000_000, 'FORGED');
+  const r = await f.sync();
+  assert.deepEqual(r.ahead.map((k) => k.key), [forged.key], 'reported once, for the bus to delete');
+  f.clock.nowUs = NOW_US + 1_000_000;
+  f.put('a', NOW_US + 1_000_000, 'real');
+  assert.deepEqual((await f.sync()).ahead, []);
+  f.clock.nowUs = NOW_US + 60_000_000;
+  f.put('a', NOW_US + 60_000_000, 'real later');
+  await f.sync();
+  assert.deepEqual(sub.got.map((e) => e.payload), ['real', 'real later'], 'judged against when it was first seen, not against now');
+
+  // A key 3 s ahead is not "now" yet: a subscriber from now starts below it, and gets it when due.
+  const g = clocked(NOW_US);
+  g.put('b', NOW_US - 1000, 'old');
+  g.put('b', NOW_US + 3_000_000, 'soon');
+  await g.sync();
+  const late = subscriber(g.feed);
+  await Promise.resolve();
+  assert.deepEqual(late.starts, [{ b: NOW_US - 1000 }]);
+  g.clock.nowUs = NOW_US + 3_000_000;
+  await g.sync();
+  assert.deepEqual(late.got.map((e) => e.payload), ['soon']);
 });
 
 test('publish fails with 409 TANDEM_ERR_EVENT_NOT_STORED when the CAS write stores nothing (stubbed Consul)', async () => {

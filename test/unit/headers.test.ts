@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import type { IncomingHttpHeaders } from 'node:http';
 import { test } from 'node:test';
-import { stripResponseHeaders, upstreamRequestHeaders } from '../../src/proxy/headers.ts';
+import { egressRequestHeaders, stripResponseHeaders, upstreamRequestHeaders } from '../../src/proxy/headers.ts';
 
 /** The parsed view Node would give for a raw header list (lower-case names, repeated values joined). */
 function parsed(raw: readonly string[]): IncomingHttpHeaders {
@@ -110,4 +110,18 @@ test('stripResponseHeaders removes hop-by-hop headers in place', () => {
 test('stripResponseHeaders with a plain close', () => {
   assert.deepEqual(stripResponseHeaders({ connection: 'close', 'x-a': '1' }), { 'x-a': '1' });
   assert.deepEqual(stripResponseHeaders({ 'x-a': '1' }), { 'x-a': '1' });
+});
+
+test("an upstream's own x-tandem-error, -instance, -sticky and -broadcast are removed; other x-tandem-* and app headers stay", () => {
+  const h: IncomingHttpHeaders = { 'x-tandem-error': 'TANDEM_ERR_FAKE', 'x-tandem-instance': 'other', 'x-tandem-sticky': 'moved', 'x-tandem-broadcast': '3', 'x-tandem-app-thing': 'kept', 'retry-after': '7' };
+  assert.deepEqual(stripResponseHeaders(h), { 'x-tandem-app-thing': 'kept', 'retry-after': '7' });
+});
+
+test('egress request headers: host is the target, hop-by-hop and x-tandem-* dropped, nothing added', () => {
+  const raw = ['Host', 'proxy:7700', 'Proxy-Authorization', 'Basic x', 'X-Tandem-Version', '2', 'Connection', 'keep-alive, X-Drop', 'X-Drop', '1', 'Accept', '*/*', 'X-Forwarded-For', '10.0.0.1'];
+  assert.deepEqual(pairs(egressRequestHeaders(raw, parsed(raw), 'example.com:8080')), [
+    ['host', 'example.com:8080'],
+    ['Accept', '*/*'],
+    ['X-Forwarded-For', '10.0.0.1'],
+  ]);
 });

@@ -58,6 +58,28 @@ test('idle services stop being watched; configured upstreams never do', async ()
   table.close();
 });
 
+test('a service with a request in flight is never idle: its instances are not dropped while a response streams', async () => {
+  const source = new FakeSource();
+  const removed: string[] = [];
+  const table = new RoutingTable({ source, firstAnswerTimeoutMs: 1000, idleMs: 1000, maxServices: 10, upstreams: [], onRemoved: (ids) => removed.push(...ids) });
+  table.start();
+  const p = table.get('streaming');
+  source.emit('streaming', { kind: 'reset', endpoints: [ep('a')] });
+  await p;
+  const release = table.hold('streaming');
+  await sleep(2300); // two sweeps past idleMs
+  assert.equal(source.active('streaming'), 1, 'still watched while a request runs');
+  assert.deepEqual(removed, [], "its instances' pools stay");
+  release();
+  release(); // a second call changes nothing
+  assert.equal(table.snapshot().length, 1);
+  await sleep(2300);
+  assert.equal(source.active('streaming'), 0, 'idle once the request ended');
+  assert.deepEqual(removed, ['a']);
+  assert.doesNotThrow(() => table.hold('not-watched')());
+  table.close();
+});
+
 test('updates replace the set and report removed instances', async () => {
   const source = new FakeSource();
   const removed: string[] = [];
