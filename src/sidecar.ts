@@ -21,6 +21,8 @@ import { lineageRoutes } from './api/lineage-routes.ts';
 import { Metrics } from './api/metrics.ts';
 import { statusRoutes } from './api/status-routes.ts';
 import { Balancer } from './proxy/balancer.ts';
+import { LoadTracker } from './proxy/load-tracker.ts';
+import { balancerMetrics } from './api/balancer-metrics.ts';
 import { Forwarder } from './proxy/forwarder.ts';
 import { OutlierDetector } from './proxy/outlier-detector.ts';
 import { ProxyServer } from './proxy/proxy-server.ts';
@@ -146,6 +148,8 @@ export class Sidecar {
     });
     this.#forwarder = forwarder;
     const health = new HealthTracker({ slowStartMs: c.proxy.slowStartMs, flapThreshold: c.proxy.flap.threshold, flapWindowMs: c.proxy.flap.windowMs, flapHoldMs: c.proxy.flap.holdMs });
+    // Per-instance load (in flight, latency), shared by the balancer and the instances view.
+    const loads = new LoadTracker();
     const table = new RoutingTable({
       source: watcher,
       firstAnswerTimeoutMs: c.watch.firstAnswerTimeoutMs,
@@ -156,10 +160,10 @@ export class Sidecar {
       onRemoved: (ids) => {
         outliers.forget(ids);
         forwarder.forget(ids);
+        loads.forget(ids);
       },
     });
     this.#table = table;
-    const balancer = new Balancer(outliers, health);
     const ranges = new RangeCache();
     const proxyListen = parseListen(c.proxy.listen);
     if (c.proxy.egress.mode === 'public' && !isLoopbackHost(proxyListen.host)) {
@@ -175,6 +179,15 @@ export class Sidecar {
       c.log.access ? this.logger.child({ component: 'access' }) : undefined,
     );
     this.#consul.onError = (operation) => metrics.consulErrors.labels(operation).inc();
+    const balancer = new Balancer(outliers, health, Math.random, {
+      balancer: c.proxy.balancer,
+      services: c.proxy.services,
+      loadFactor: c.proxy.sticky.loadFactor,
+      queueTimeoutMs: c.proxy.queueTimeoutMs,
+      maxQueued: c.proxy.maxQueued,
+      loads,
+      events: balancerMetrics(metrics.registry),
+    });
     const proxy = new ProxyServer({
       host: proxyListen.host,
       port: proxyListen.port,

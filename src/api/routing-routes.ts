@@ -42,6 +42,9 @@ export function routingRoutes(deps: RoutingRoutesDeps): RoutePlugin {
       ejected: ej.ejected,
       ...(ej.ejectedUntil !== undefined ? { ejectedUntil: new Date(ej.ejectedUntil).toISOString() } : {}),
       ...deps.health.view(e.id, now),
+      // This sidecar's cost inputs: requests in flight, latency estimate, their product, and the limit.
+      load: deps.balancer.loadView(e),
+      balancer: deps.balancer.kindFor(e.service),
     };
   };
 

@@ -63,6 +63,15 @@ export interface Config {
      * `allow`: host, host:port, *.domain[:port], IP, CIDR (each with an optional :port).
      */
     egress: { mode: 'auto' | 'public' | 'allow-list' | 'off'; allow: string[] };
+    /** How instances are picked (sticky requests aside): `round-robin` or `least-loaded` (P2C, see docs/decisions.md). */
+    balancer: 'round-robin' | 'least-loaded';
+    /** Per-service overrides, by service name. */
+    services: Record<string, { balancer?: 'round-robin' | 'least-loaded' }>;
+    /** When every instance in range is at its maxInFlight: how long a request waits, and how many may wait per service. */
+    queueTimeoutMs: number;
+    maxQueued: number;
+    /** Bounded-load sticky hashing: an owner above loadFactor × the average in-flight passes keys on. */
+    sticky: { loadFactor: number };
   };
   /** `maxStreams`: event streams (SSE) open at once on the control API, all routes together; beyond it 503. */
   api: { listen: string; token?: string; tokenFile?: string; maxStreams: number };
@@ -184,6 +193,16 @@ export const configSchema = {
           required: ['threshold', 'windowMs', 'holdMs'],
           properties: { threshold: { type: 'integer', minimum: 1, maximum: 1000 }, windowMs: ms(1000, 86_400_000), holdMs: ms(0, 86_400_000) },
         },
+        balancer: { enum: ['round-robin', 'least-loaded'] },
+        services: {
+          type: 'object',
+          maxProperties: 1000,
+          propertyNames: { pattern: SERVICE_NAME_PATTERN, description: 'a service name' },
+          additionalProperties: { type: 'object', additionalProperties: false, properties: { balancer: { enum: ['round-robin', 'least-loaded'] } } },
+        },
+        queueTimeoutMs: ms(0, 600_000),
+        maxQueued: { type: 'integer', minimum: 0, maximum: 1_000_000 },
+        sticky: { type: 'object', additionalProperties: false, required: ['loadFactor'], properties: { loadFactor: { type: 'number', minimum: 1, maximum: 100 } } },
       },
     },
     api: {
@@ -270,6 +289,11 @@ function defaults(): Config {
       broadcastMaxBodyBytes: 1_048_576,
       headersTimeoutMs: 10_000,
       egress: { mode: 'auto', allow: [] },
+      balancer: 'round-robin',
+      services: {},
+      queueTimeoutMs: 1000,
+      maxQueued: 100,
+      sticky: { loadFactor: 1.25 },
     },
     api: { listen: '127.0.0.1:7701', maxStreams: 1000 },
     stateDir: '.tandem',

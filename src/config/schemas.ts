@@ -61,6 +61,7 @@ export const serviceSpecSchema = {
       additionalProperties: { type: 'string', maxLength: 512 },
     },
     check: checkSpecSchema,
+    maxInFlight: { type: 'integer', minimum: 1, maximum: 1_000_000 },
   },
 } as const;
 

@@ -35,13 +35,20 @@ export interface ViewHooks {
 export function toEndpoint(e: HealthEntry): Endpoint {
   const version = e.meta['version'] ?? '';
   const parsed = version === '' ? null : semver.parse(version);
-  const base = { id: e.id, service: e.name, address: e.address, port: e.port, version, semver: parsed, node: e.node, healthy: e.status === 'passing' };
+  const limit = maxInFlightOf(e.meta['tandem_max_inflight']);
+  const base = { id: e.id, service: e.name, address: e.address, port: e.port, version, semver: parsed, node: e.node, healthy: e.status === 'passing', ...(limit !== undefined ? { maxInFlight: limit } : {}) };
   // A sidecar's mark: the proxy's control-plane guard refuses the instance whatever its service name.
   return isSidecarMarked(e.tags, e.meta) ? { ...base, controlPlane: true } : base;
 }
 
+/** A limit someone wrote into Consul by hand may be anything: only a positive integer counts. */
+function maxInFlightOf(raw: string | undefined): number | undefined {
+  if (raw === undefined || !/^[1-9][0-9]{0,8}$/.test(raw)) return undefined;
+  return Number(raw);
+}
+
 function same(a: Endpoint, b: Endpoint): boolean {
-  return a.address === b.address && a.port === b.port && a.version === b.version && a.healthy === b.healthy && a.node === b.node && a.controlPlane === b.controlPlane;
+  return a.address === b.address && a.port === b.port && a.version === b.version && a.healthy === b.healthy && a.node === b.node && a.controlPlane === b.controlPlane && a.maxInFlight === b.maxInFlight;
 }
 
 export class ServiceView implements ViewSink {

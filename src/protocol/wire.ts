@@ -37,6 +37,12 @@ export interface ServiceSpec {
   tags?: string[];
   meta?: Record<string, string>;
   check?: CheckSpec;
+  /**
+   * Requests one calling sidecar may have in flight to this instance at once (a positive integer).
+   * Stored as `Meta.tandem_max_inflight`; each calling sidecar counts only its own requests, so the
+   * instance may see up to this many per sidecar that calls it.
+   */
+  maxInFlight?: number;
 }
 
 /**
@@ -112,6 +118,13 @@ export interface InstanceInfo {
   slowStart: boolean;
   /** Flapping between passing and critical: held out until stable. */
   flapping: boolean;
+  /** The balancer this sidecar uses for the service. */
+  balancer?: 'round-robin' | 'least-loaded';
+  /**
+   * This sidecar's cost inputs for the instance: its requests in flight, the latency estimate (peak
+   * EWMA, ms; absent before the first answer), cost = estimate × (inflight + 1), and the instance's limit.
+   */
+  load?: { inflight: number; ewmaMs?: number | undefined; cost: number; maxInFlight?: number | undefined };
 }
 
 /**

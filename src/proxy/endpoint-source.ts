@@ -17,6 +17,8 @@ export interface Endpoint {
   readonly healthy: boolean;
   /** Carries a Tandem sidecar's mark (tag `tandem-sidecar` or Meta `tandem_api`): never proxied to. */
   readonly controlPlane?: boolean;
+  /** `Meta.tandem_max_inflight`: requests one calling sidecar may have in flight to it at once. */
+  readonly maxInFlight?: number;
 }
 
 export type Update =

@@ -178,3 +178,20 @@ export class UpstreamTimeoutError extends TandemError {
     super('TANDEM_ERR_UPSTREAM_TIMEOUT', 504, `'${service}' did not answer within ${timeoutMs} ms`);
   }
 }
+
+/**
+ * Every instance in range is at its `maxInFlight` (from this sidecar) and the request could not wait
+ * for a free one: the queue (`proxy.maxQueued`) was full or `proxy.queueTimeoutMs` passed. Answered
+ * with `Retry-After`.
+ */
+export class OverloadedError extends TandemError {
+  readonly retryAfterS: number;
+  /** Refused without waiting (the queue was full). */
+  readonly immediate: boolean;
+
+  constructor(service: string, reason: string, retryAfterS: number, immediate = false) {
+    super('TANDEM_ERR_OVERLOADED', 503, `every instance of '${service}' in range is at its maxInFlight: ${reason}`);
+    this.retryAfterS = retryAfterS;
+    this.immediate = immediate;
+  }
+}

@@ -9,6 +9,7 @@ import {
   InstanceNotFoundError, NoHealthyInstanceError, TandemError,
   TrailerNotSupportedError, UnknownServiceError, StartingError, CatalogForbiddenError, ExpectationFailedError, UpstreamFailedError, UpstreamTimeoutError, UrlTooLongError, BadTargetError,
   ControlPlaneError, EgressFailedError, EgressRefusedError, EgressTimeoutError, ForeignHostError, HeadersTooLargeError, RequestTimeoutError, TlsToServiceError,
+  OverloadedError,
 } from './errors.ts';
 import { CONTROL_PLANE_CODE, type AttemptResult, type Forwarder, type HeldResponse } from './forwarder.ts';
 import { ControlPlaneGuard } from './control-plane.ts';
@@ -179,7 +180,10 @@ export class ProxyServer {
     socket.on('error', () => socket.destroy());
     const st = this.#conns.get(socket);
     if (st && st.pending > 0) await new Promise<void>((resolve) => st.idle.push(resolve));
-    if (st?.closing) {
+    // node:http's own answer, written without a 'request' event (400 to an HTTP/1.1 request without
+    // Host), says `connection: close` too: nothing may follow it either.
+    const current = (socket as { _httpMessage?: (ServerResponse & { _last?: boolean }) | null })._httpMessage;
+    if (st?.closing || current?._last === true || socket.writableEnded) {
       // Node ends the connection after that answer; make sure it does, then nothing more.
       socket.end();
       setTimeout(() => socket.destroy(), 5000).unref();
@@ -371,7 +375,7 @@ export class ProxyServer {
         break;
       }
       if (attempt > 0) this.#observer.retry(service);
-      const picked = pin !== undefined ? this.#pinned(set, subset, pin, tried, refused) : this.#o.balancer.pick(subset, { stickyId, exclude });
+      const picked = pin !== undefined ? this.#pinned(set, subset, pin, tried, refused) : await this.#o.balancer.acquire(subset, { stickyId, exclude }, remaining);
       if (!picked) {
         if (attempt === 0) throw this.#noneToPick(target, set, subset, refused);
         break;
@@ -385,6 +389,8 @@ export class ProxyServer {
       // instance, or the only one left, passes its 502/503/504 on as it is.
       const mayRetryStatus =
         safeAfterReach && pin === undefined && attempt + 1 < maxTries && this.#o.retryBudget.hasRoom(service) && subset.healthy.some((e) => !exclude.has(e.id));
+      // Counted in flight (maxInFlight, least-loaded cost) until the attempt ends; its time feeds the latency estimate.
+      const release = picked.release ?? this.#o.balancer.begin(endpoint);
       const result = await this.#o.forwarder.attempt(req, res, {
         endpoint,
         method,
@@ -395,7 +401,14 @@ export class ProxyServer {
         retryStatuses: mayRetryStatus ? this.#retryStatuses : undefined,
         extraHeaders: extraHeaders(endpoint, picked),
         deadline,
-      });
+      }).then(
+        // Fast failures are not latency samples (a refusing instance must not look quick); timeouts are.
+        (r) => (release(r.kind === 'done' || (r.kind === 'failed' && r.timeout === true)), r),
+        (err: unknown) => {
+          release(false);
+          throw err;
+        },
+      );
       if (result.kind === 'aborted') {
         trace.outcome = 'aborted'; // the client left: nobody to answer, nothing to blame
         return;
@@ -636,7 +649,12 @@ export class ProxyServer {
       return;
     }
     const body = JSON.stringify(e.toBody());
-    res.writeHead(e.statusCode, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body), 'x-tandem-error': e.code });
+    res.writeHead(e.statusCode, {
+      'content-type': 'application/json; charset=utf-8',
+      'content-length': Buffer.byteLength(body),
+      'x-tandem-error': e.code,
+      ...(e instanceof OverloadedError ? { 'retry-after': String(e.retryAfterS) } : {}),
+    });
     res.end(body);
   }
 }

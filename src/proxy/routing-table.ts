@@ -176,7 +176,7 @@ export class RoutingTable {
   }
 
   #watch(service: string, pinned: boolean): Watched {
-    if (this.#services.size >= this.#o.maxServices) throw new TooManyServicesError(this.#o.maxServices);
+    if (this.#services.size >= this.#o.maxServices && !this.#evictOne()) throw new TooManyServicesError(this.#o.maxServices);
     let markReady!: () => void;
     const ready = new Promise<void>((r) => (markReady = r));
     const w: Watched = { set: undefined, ready, markReady, sub: undefined, lastUsed: Date.now(), pinned, listeners: new Set(), inflight: 0 };
@@ -202,6 +202,27 @@ export class RoutingTable {
       const gone = prev.all.filter((e) => !next.byId.has(e.id)).map((e) => e.id);
       if (gone.length > 0) this.#o.onRemoved(gone);
     }
+  }
+
+  /**
+   * At `maxServices`, the least recently used service nobody is using right now (not from config, no
+   * listener, no request in flight) makes room: a caller cycling through many real names must not lock
+   * out the services apps actually call (they are watched again on their next request). False when
+   * every watched service is in use.
+   */
+  #evictOne(): boolean {
+    let victim: [string, Watched] | undefined;
+    for (const entry of this.#services) {
+      const w = entry[1];
+      if (w.pinned || w.listeners.size > 0 || w.inflight > 0) continue;
+      if (!victim || w.lastUsed < victim[1].lastUsed) victim = entry;
+    }
+    if (!victim) return false;
+    const [service, w] = victim;
+    w.sub?.close();
+    this.#services.delete(service);
+    if (w.set && this.#o.onRemoved) this.#o.onRemoved(w.set.all.map((e) => e.id));
+    return true;
   }
 
   #sweep(): void {

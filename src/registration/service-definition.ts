@@ -93,7 +93,8 @@ export function toConsulDefinition(spec: ServiceSpec, ctx: DefinitionContext): C
     Tags: tags,
     Address: address,
     Port: spec.port,
-    Meta: { ...spec.meta, version: spec.version, tandem_node: ctx.nodeName, tandem_sidecar: ctx.sidecarId },
+    // The limit travels in the catalog so that every calling sidecar applies it (each on its own count).
+    Meta: { ...spec.meta, version: spec.version, tandem_node: ctx.nodeName, tandem_sidecar: ctx.sidecarId, ...(spec.maxInFlight !== undefined ? { tandem_max_inflight: String(spec.maxInFlight) } : {}) },
     Check,
   };
 }

@@ -131,7 +131,15 @@ export function campaign(client: SidecarClient, group: string, opts: ElectOption
         leader = true;
         opts.onPromote(JSON.parse(data) as LeaderInfo);
       } else if (event === 'demoted') demote((JSON.parse(data) as { reason: string }).reason);
-      else if (event === 'error') opts.onError?.(new TandemError('TANDEM_ERR_ELECTION', 503, (JSON.parse(data) as { message: string }).message));
+      else if (event === 'error') {
+        const body = JSON.parse(data) as { message: string; code?: string; statusCode?: number };
+        // Consul refused the credentials: campaigning again would be refused again. The campaign ends.
+        if (body.code === 'TANDEM_ERR_CONSUL_PERMISSION_DENIED') {
+          ctrl.abort();
+          demote('Consul refused the campaign');
+          opts.onError?.(new TandemError(body.code, body.statusCode ?? 403, body.message));
+        } else opts.onError?.(new TandemError('TANDEM_ERR_ELECTION', 503, body.message));
+      }
     },
     signal: ctrl.signal,
     onError: opts.onError,

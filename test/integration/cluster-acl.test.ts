@@ -162,6 +162,18 @@ describe('with Consul ACLs on (default deny)', () => {
     assert.equal(creates() - before, made, 'no session create after the refusals');
     assert.ok(made <= 20, `one refused create per campaign, not more (${made})`);
 
+    // The SDK ends a refused campaign too (it would otherwise reconnect and be refused again, forever).
+    const { Tandem } = await import('../../src/sdk/index.ts');
+    const sdk = new Tandem({ url: api, consulToken: tokens.readOnly });
+    const sdkBefore = creates();
+    let refusal: { code?: string } | undefined;
+    const election = sdk.elect('acl-group', { service: id, onPromote: () => assert.fail('promoted with a refused token'), onDemote: () => undefined, onError: (err) => (refusal = err) });
+    await eventually(() => refusal?.code === 'TANDEM_ERR_CONSUL_PERMISSION_DENIED' || undefined, 'the SDK reports the refusal');
+    await sleep(2000); // the SDK reconnects within ~1 s; a retry would show as a second create
+    assert.equal(creates() - sdkBefore, 1, 'one session create, no reconnect loop');
+    await election.resign();
+    await sdk.close();
+
     // The same group with a token Consul accepts still works: the refused campaigns left nothing behind.
     const good = stream(`${api}/v1/leaders/acl-group/campaign?serviceId=${id}`, { method: 'POST', token: tokens.app });
     await eventually(() => good.events.some((e) => e.event === 'promoted') || undefined, 'promoted with the app token');

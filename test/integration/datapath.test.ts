@@ -287,6 +287,13 @@ describe('data path', () => {
       assert.match(r.out, /TANDEM_ERR_BAD_PATH/);
       assert.ok(r.closedByServer);
     }
+    // node:http's own 400 (an HTTP/1.1 request without Host) closes too: the CONNECT or upgrade after it gets nothing.
+    // (Each refused at once, so its answer would be written while node:http's 400 is still going out.)
+    for (const next of ['CONNECT /not-an-authority HTTP/1.1\r\nHost: x\r\n\r\n', 'GET /piped/%2e%2e/x HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n']) {
+      const r = await raw(`GET /piped/a HTTP/1.1\r\nUser-Agent: no-host\r\n\r\n${next}`);
+      assert.deepEqual(statusLines(r.out), ['HTTP/1.1 400 Bad Request'], `${next.split('\r\n')[0]}: ${r.out}`);
+      assert.doesNotMatch(r.out, /TANDEM_ERR/);
+    }
     // The same with a proxied answer that closes.
     const proxied = await raw('GET /piped/a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\nCONNECT example.invalid:443 HTTP/1.1\r\nHost: example.invalid:443\r\n\r\n');
     assert.deepEqual(statusLines(proxied.out), ['HTTP/1.1 200 OK']);

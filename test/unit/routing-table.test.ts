@@ -96,11 +96,29 @@ test('updates replace the set and report removed instances', async () => {
   table.close();
 });
 
-test('the number of watched services is bounded', async () => {
-  const table = new RoutingTable({ source: new FakeSource(), firstAnswerTimeoutMs: 10, idleMs: 60_000, maxServices: 2, upstreams: [] });
-  await assert.rejects(table.get('a'));
-  await assert.rejects(table.get('b'));
+test('the number of watched services is bounded: the least recently used idle one makes room, ones in use never do', async () => {
+  const source = new FakeSource();
+  const table = new RoutingTable({ source, firstAnswerTimeoutMs: 200, idleMs: 60_000, maxServices: 2, upstreams: [] });
+  const ready = (name: string) => {
+    const p = table.get(name);
+    source.emit(name, { kind: 'reset', endpoints: [ep(`${name}-1`)] });
+    return p;
+  };
+  await ready('a');
+  await sleep(5);
+  await ready('b');
+  // Both in use (a watch stream listens): nothing can make room.
+  const la = await table.listen('a', () => undefined);
+  const lb = await table.listen('b', () => undefined);
   await assert.rejects(table.get('c'), { code: 'TANDEM_ERR_TOO_MANY_SERVICES' });
+  assert.equal(source.active('c'), 0, 'nothing watched for the refused name');
+  la.stop();
+  lb.stop();
+  // Now idle: 'a' (used least recently) makes room for 'c'; the bound holds.
+  await ready('c');
+  assert.equal(source.active('a'), 0, 'the least recently used service was dropped');
+  assert.equal(source.active('b'), 1);
+  assert.equal(table.snapshot().length, 2);
   table.close();
 });
 
