@@ -1,6 +1,6 @@
 // Prometheus metrics of instance picking: picks by balancer, queue waits, overload rejections, sticky moves by reason.
 import { Counter, Histogram, type Registry } from 'prom-client';
-import type { BalancerEvents, BalancerKind, MoveReason } from '../proxy/balancer.ts';
+import type { BalancerEvents, BalancerKind, MoveReason } from '../proxy/balancing/balancer.ts';
 
 /** Labels stay bounded: `service` is a watched service (≤ watch.maxServices), the rest are fixed sets. */
 export function balancerMetrics(registry: Registry): BalancerEvents {

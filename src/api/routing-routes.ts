@@ -1,12 +1,12 @@
 // Control API routes over the proxy's routing view: instances of a service (with ejection state) and resolve-one.
 import type { FastifyInstance } from 'fastify';
-import type { Balancer } from '../proxy/balancer.ts';
+import type { Balancer } from '../proxy/balancing/balancer.ts';
 import type { Endpoint } from '../proxy/endpoint-source.ts';
 import type { EndpointSet } from '../proxy/endpoint-set.ts';
 import { NoHealthyInstanceError, TandemError, UnknownServiceError } from '../proxy/errors.ts';
-import type { HealthTracker } from '../proxy/health-tracker.ts';
-import type { OutlierDetector } from '../proxy/outlier-detector.ts';
-import type { RangeCache } from '../proxy/range-cache.ts';
+import type { HealthTracker } from '../proxy/balancing/health-tracker.ts';
+import type { OutlierDetector } from '../proxy/balancing/outlier-detector.ts';
+import type { RangeCache } from '../proxy/balancing/range-cache.ts';
 import type { RoutingTable } from '../proxy/routing-table.ts';
 import type { RoutePlugin } from './control-api.ts';
 import { openSse, type SseStream } from './sse.ts';

@@ -1,7 +1,7 @@
 // Control API routes for operators: `GET /metrics` (Prometheus text) and `GET /v1/status` (routing table and registrations).
 import type { FastifyInstance } from 'fastify';
-import type { HealthTracker } from '../proxy/health-tracker.ts';
-import type { OutlierDetector } from '../proxy/outlier-detector.ts';
+import type { HealthTracker } from '../proxy/balancing/health-tracker.ts';
+import type { OutlierDetector } from '../proxy/balancing/outlier-detector.ts';
 import type { RoutingTable } from '../proxy/routing-table.ts';
 import type { WatchStats } from '../discovery/catalog-watcher.ts';
 import type { RoutePlugin } from './control-api.ts';

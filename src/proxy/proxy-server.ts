@@ -2,7 +2,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
-import type { Balancer, Picked } from './balancer.ts';
+import type { Balancer, Picked } from './balancing/balancer.ts';
 import type { Endpoint } from './endpoint-source.ts';
 import type { EndpointSet, Subset } from './endpoint-set.ts';
 import {
@@ -16,9 +16,9 @@ import { ControlPlaneGuard } from './control-plane.ts';
 import type { EndpointSource, Subscription } from './endpoint-source.ts';
 import { isLoopbackHost, type EgressPolicy } from './egress.ts';
 import { egressRequestHeaders, header, parseTimeout, readBody, TANDEM_RESPONSE_HEADERS, upstreamRequestHeaders } from './headers.ts';
-import type { OutlierDetector } from './outlier-detector.ts';
-import type { RangeCache } from './range-cache.ts';
-import type { RetryBudget } from './retry-budget.ts';
+import type { OutlierDetector } from './balancing/outlier-detector.ts';
+import type { RangeCache } from './balancing/range-cache.ts';
+import type { RetryBudget } from './balancing/retry-budget.ts';
 import type { RoutingTable } from './routing-table.ts';
 import { foreignTarget, parseAuthority, parseTarget, parseTunnelTarget, serviceOfHost, type ForeignTarget, type Target } from './target.ts';
 import { broadcast } from './broadcast.ts';

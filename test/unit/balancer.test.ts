@@ -2,11 +2,11 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import semver from 'semver';
-import { Balancer } from '../../src/proxy/balancer.ts';
+import { Balancer } from '../../src/proxy/balancing/balancer.ts';
 import type { Endpoint } from '../../src/proxy/endpoint-source.ts';
 import { EndpointSet, type Subset } from '../../src/proxy/endpoint-set.ts';
-import { OutlierDetector, type OutlierOptions } from '../../src/proxy/outlier-detector.ts';
-import { RangeCache } from '../../src/proxy/range-cache.ts';
+import { OutlierDetector, type OutlierOptions } from '../../src/proxy/balancing/outlier-detector.ts';
+import { RangeCache } from '../../src/proxy/balancing/range-cache.ts';
 
 const OPTIONS: OutlierOptions = { consecutiveFailures: 3, baseEjectionMs: 1000, maxEjectionMs: 5000, maxEjectionShare: 0.5 };
 const ranges = new RangeCache();
@@ -354,7 +354,7 @@ test('forget drops the state of instances', () => {
 });
 
 test('subsets cached per set are bounded (endless distinct ranges do not grow memory)', async () => {
-  const { RangeCache } = await import('../../src/proxy/range-cache.ts');
+  const { RangeCache } = await import('../../src/proxy/balancing/range-cache.ts');
   const ranges = new RangeCache();
   const set = new EndpointSet('users', ['a', 'b'].map((id) => ep(id)));
   for (let i = 1; i < 2000; i++) set.subset(`>=1.0.0 <${i}.0.0`, ranges.get(`>=1.0.0 <${i}.0.0`));

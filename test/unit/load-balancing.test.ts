@@ -2,13 +2,13 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import semver from 'semver';
-import { Balancer, type BalancerEvents, type MoveReason } from '../../src/proxy/balancer.ts';
+import { Balancer, type BalancerEvents, type MoveReason } from '../../src/proxy/balancing/balancer.ts';
 import type { Endpoint } from '../../src/proxy/endpoint-source.ts';
 import { EndpointSet } from '../../src/proxy/endpoint-set.ts';
-import { HealthTracker } from '../../src/proxy/health-tracker.ts';
-import { DEFAULT_RTT_MS, LoadTracker } from '../../src/proxy/load-tracker.ts';
+import { HealthTracker } from '../../src/proxy/balancing/health-tracker.ts';
+import { DEFAULT_RTT_MS, LoadTracker } from '../../src/proxy/balancing/load-tracker.ts';
 import { OverloadedError } from '../../src/proxy/errors.ts';
-import { OutlierDetector } from '../../src/proxy/outlier-detector.ts';
+import { OutlierDetector } from '../../src/proxy/balancing/outlier-detector.ts';
 
 const outliers = () => new OutlierDetector({ consecutiveFailures: 3, baseEjectionMs: 1000, maxEjectionMs: 5000, maxEjectionShare: 0.5 });
 

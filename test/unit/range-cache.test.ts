@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import semver from 'semver';
 import { TandemError } from '../../src/proxy/errors.ts';
-import { RangeCache } from '../../src/proxy/range-cache.ts';
+import { RangeCache } from '../../src/proxy/balancing/range-cache.ts';
 
 test('the same Range object comes back for the same string', () => {
   const cache = new RangeCache();

@@ -2,12 +2,12 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import semver from 'semver';
-import { Balancer } from '../../src/proxy/balancer.ts';
+import { Balancer } from '../../src/proxy/balancing/balancer.ts';
 import type { Endpoint } from '../../src/proxy/endpoint-source.ts';
 import { EndpointSet } from '../../src/proxy/endpoint-set.ts';
-import { HealthTracker } from '../../src/proxy/health-tracker.ts';
-import { OutlierDetector } from '../../src/proxy/outlier-detector.ts';
-import { RetryBudget } from '../../src/proxy/retry-budget.ts';
+import { HealthTracker } from '../../src/proxy/balancing/health-tracker.ts';
+import { OutlierDetector } from '../../src/proxy/balancing/outlier-detector.ts';
+import { RetryBudget } from '../../src/proxy/balancing/retry-budget.ts';
 
 const ep = (id: string, healthy = true): Endpoint => ({ id, service: 's', address: '127.0.0.1', port: 1, version: '1.0.0', semver: semver.parse('1.0.0'), node: 'n', healthy });
 const tracker = () => new HealthTracker({ slowStartMs: 10_000, flapThreshold: 3, flapWindowMs: 60_000, flapHoldMs: 30_000 });

@@ -1,5 +1,5 @@
 // The bounded wait for a free instance when every one in range is at its maxInFlight: FIFO per service, then 503.
-import { OverloadedError } from './errors.ts';
+import { OverloadedError } from '../errors.ts';
 
 interface Waiter<T> {
   /** Tries to get a slot now; undefined when still everything is full. */

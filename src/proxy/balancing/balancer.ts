@@ -1,11 +1,11 @@
 // Picks one instance of a subset: pinned id, sticky (bounded-load consistent hashing), round-robin or least-loaded (P2C over peak-EWMA cost); skips unhealthy/ejected/tried/full ones.
-import type { Endpoint } from './endpoint-source.ts';
-import type { Subset } from './endpoint-set.ts';
+import type { Endpoint } from '../endpoint-source.ts';
+import type { Subset } from '../endpoint-set.ts';
 import type { HealthTracker } from './health-tracker.ts';
 import type { OutlierDetector } from './outlier-detector.ts';
 import { LoadTracker, type LoadView } from './load-tracker.ts';
 import { AdmissionQueue } from './admission-queue.ts';
-import { OverloadedError } from './errors.ts';
+import { OverloadedError } from '../errors.ts';
 
 export type BalancerKind = 'round-robin' | 'least-loaded';
 /** Why a sticky key went past its ring owner: not pickable, over the load bound, or at its maxInFlight. */

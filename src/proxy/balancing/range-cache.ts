@@ -1,6 +1,6 @@
 // Parses each requested semver range once and keeps the parsed Range (semver's satisfies() re-parses every call).
 import semver from 'semver';
-import { BadRangeError } from './errors.ts';
+import { BadRangeError } from '../errors.ts';
 
 export class RangeCache {
   #ranges = new Map<string, semver.Range>();

@@ -1,5 +1,5 @@
 // Slow start and flap damping: remembers when each instance last became healthy and how often it flapped.
-import type { EndpointSet } from './endpoint-set.ts';
+import type { EndpointSet } from '../endpoint-set.ts';
 
 export interface HealthTrackerOptions {
   /** A newly healthy instance's share of traffic ramps from ~0 to full over this window; 0 = off. */

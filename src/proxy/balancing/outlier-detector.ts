@@ -1,5 +1,5 @@
 // Passive outlier ejection: consecutive failures eject an instance for a growing, capped time.
-import type { Endpoint } from './endpoint-source.ts';
+import type { Endpoint } from '../endpoint-source.ts';
 
 export type Outcome = 'success' | 'failure';
 
