@@ -268,6 +268,7 @@ export class Sidecar {
         eventRoutes(bus, c.events.maxPayloadBytes, { published: () => metrics.eventsPublished.inc(), delivered: () => metrics.eventsDelivered.inc() }),
         statusRoutes({
           metrics,
+          balancer,
           table,
           outliers,
           health,

@@ -3,6 +3,7 @@ import type { FastifyInstance } from 'fastify';
 import type { HealthTracker } from '../proxy/balancing/health-tracker.ts';
 import type { OutlierDetector } from '../proxy/balancing/outlier-detector.ts';
 import type { RoutingTable } from '../proxy/routing-table.ts';
+import type { Balancer } from '../proxy/balancing/balancer.ts';
 import type { WatchStats } from '../discovery/catalog-watcher.ts';
 import type { RoutePlugin } from './control-api.ts';
 import type { Metrics } from './metrics.ts';
@@ -14,6 +15,8 @@ export interface StatusDeps {
   outliers: OutlierDetector;
   health: HealthTracker;
   registrar: Registrar;
+  /** The balancer, for each instance's cost inputs (in flight, EWMA latency, maxInFlight). */
+  balancer?: Balancer;
   watches: (service: string) => WatchStats | undefined;
   info: () => Record<string, unknown>;
 }
@@ -40,7 +43,16 @@ export function statusRoutes(deps: StatusDeps): RoutePlugin {
             ranges: (set?.subsets() ?? []).map(([range, sub]) => ({ range: range || '*', instances: sub.members.length, healthy: sub.healthy.length, stickyRingSize: sub.ringSize })),
             instances: (set?.all ?? []).map((e) => {
               const ej = deps.outliers.view(e.id, now);
-              return { id: e.id, version: e.version, address: `${e.address}:${e.port}`, node: e.node, healthy: e.healthy, ejected: ej.ejected, ...deps.health.view(e.id, now) };
+              return {
+                id: e.id,
+                version: e.version,
+                address: `${e.address}:${e.port}`,
+                node: e.node,
+                healthy: e.healthy,
+                ejected: ej.ejected,
+                ...deps.health.view(e.id, now),
+                ...(deps.balancer ? { balancer: deps.balancer.kindFor(e.service), load: deps.balancer.loadView(e) } : {}),
+              };
             }),
           };
         }),

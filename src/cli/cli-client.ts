@@ -70,7 +70,7 @@ interface StatusView {
     viewAgeMs: number | null;
     stale: boolean;
     ranges: { range: string; instances: number; healthy: number; stickyRingSize: number }[];
-    instances: { id: string; version: string; address: string; healthy: boolean; ejected: boolean; slowStart: boolean; flapping: boolean }[];
+    instances: { id: string; version: string; address: string; healthy: boolean; ejected: boolean; slowStart: boolean; flapping: boolean; load?: { inflight: number; ewmaMs?: number; maxInFlight?: number } }[];
   }[];
 }
 
@@ -136,14 +136,15 @@ export async function runOperator(command: string, args: readonly string[], out:
       out(`tandem ${st.version} on ${st.node}; Consul ${st.consul} ${st.consulReachable === false ? 'UNREACHABLE' : 'reachable'}${st.outage ? ' (OUTAGE MODE: routing from the last good view)' : ''}\n\n`);
       out('Registrations\n');
       out(`${table([['ID', 'SERVICE', 'VERSION', 'SOURCE', 'STATE', 'HEALTH'], ...st.registrations.map((r) => [r.id, r.name, r.version, r.source, r.state, r.health ?? 'unknown'])])}\n\nRouting table\n`);
-      const rows = [['SERVICE', 'RANGES (healthy/in range, ring)', 'INSTANCE', 'VERSION', 'HEALTH', 'VIEW AGE']];
+      const rows = [['SERVICE', 'RANGES (healthy/in range, ring)', 'INSTANCE', 'VERSION', 'HEALTH', 'LOAD (in flight/max, ewma)', 'VIEW AGE']];
       for (const s of st.routing) {
         const ranges = s.ranges.map((r) => `${r.range} ${r.healthy}/${r.instances}${r.stickyRingSize ? ` ring ${r.stickyRingSize}` : ''}`).join(', ') || '-';
         const age = s.viewAgeMs === null ? '-' : `${(s.viewAgeMs / 1000).toFixed(1)}s${s.stale ? ' STALE' : ''}`;
-        if (s.instances.length === 0) rows.push([s.service, ranges, '(none)', '', '', age]);
+        if (s.instances.length === 0) rows.push([s.service, ranges, '(none)', '', '', '', age]);
         for (const [i, e] of s.instances.entries()) {
           const health = [e.healthy ? 'passing' : 'critical', e.ejected ? 'ejected' : '', e.slowStart ? 'slow-start' : '', e.flapping ? 'flapping' : ''].filter(Boolean).join(',');
-          rows.push([i === 0 ? s.service : '', i === 0 ? ranges : '', `${e.id} ${e.address}`, e.version, health, i === 0 ? age : '']);
+          const load = e.load ? `${e.load.inflight}/${e.load.maxInFlight ?? '-'}, ${e.load.ewmaMs === undefined ? '-' : `${e.load.ewmaMs.toFixed(1)}ms`}` : '';
+          rows.push([i === 0 ? s.service : '', i === 0 ? ranges : '', `${e.id} ${e.address}`, e.version, health, load, i === 0 ? age : '']);
         }
       }
       out(`${table(rows)}\n`);

@@ -81,6 +81,10 @@ test('tandem status matches Consul', async () => {
   );
   assert.match(table, /Routing table/);
   assert.match(table, /obs\s+\* 3\/3/);
+  assert.match(table, /LOAD \(in flight\/max, ewma\)/);
+  // Each instance's cost inputs (what least-loaded compares) are in the status.
+  const loads = (st as unknown as { routing: { service: string; instances: { load?: { inflight: number } }[] }[] }).routing.find((r) => r.service === 'obs')?.instances.map((i) => i.load?.inflight);
+  assert.ok(loads?.every((n) => typeof n === 'number'), JSON.stringify(loads));
 });
 
 test('pub/sub and election counters move: published, delivered, promotions', { timeout: 60_000 }, async () => {
