@@ -1,7 +1,7 @@
 // Remote drain: watches `tandem/drain/<node>` in Consul KV and drains this host when an operator writes it.
 import { EventEmitter } from 'node:events';
-import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
+import { sleepUnlessAborted } from '../consul/backoff.ts';
 import { BlockingQuery } from '../consul/blocking-query.ts';
 import type { CallOptions, ConsulClient, KvEntry } from '../consul/consul-client.ts';
 import { errSummary } from '../common/errors.ts';
@@ -153,10 +153,12 @@ export class DrainController extends EventEmitter {
     this.#wake?.();
     const deadline = Date.now() + req.deadlineMs;
     const reason = req.reason || 'drained by an operator';
+    // A request replacing one still draining keeps that drain's services (they are in maintenance).
+    const wasDraining = this.#state.state === 'draining';
     this.#state = { state: 'draining', reason, deadline };
     this.#ready.clear();
     const apps = this.#o.registrar.appServices();
-    this.#ids = [...new Set([...(this.#state.state === 'draining' ? this.#ids : []), ...apps.map((a) => a.id)])];
+    this.#ids = [...new Set([...(wasDraining ? this.#ids : []), ...apps.map((a) => a.id)])];
     this.#o.logger.warn({ reason, services: this.#ids }, 'draining this host');
     try {
       await this.#o.registrar.setMaintenance(this.#ids, true, `tandem drain: ${reason}`);
@@ -170,7 +172,7 @@ export class DrainController extends EventEmitter {
       for (const set of this.#listening.values()) for (const id of set) if (this.#ids.includes(id)) ids.add(id);
       return [...ids];
     };
-    if (listening().length === 0 && this.#o.graceMs > 0) await sleep(Math.min(this.#o.graceMs, Math.max(0, deadline - Date.now())));
+    if (listening().length === 0 && this.#o.graceMs > 0) await sleepUnlessAborted(Math.min(this.#o.graceMs, Math.max(0, deadline - Date.now())), this.#abort.signal);
     while (current() && Date.now() < deadline && !listening().every((id) => this.#ready.has(id))) {
       let wake: (() => void) | undefined;
       await new Promise<void>((resolve) => {

@@ -175,8 +175,16 @@ export class BlockingQuery<T> {
     void this.#loop(hard.signal).finally(() => {
       lease.release();
       if (this.#lease === lease) this.#lease = undefined;
-      if (this.#hard === hard) this.#hard = undefined;
-      // Someone subscribed again while the last request was ending after a close: start over.
+      if (this.#hard !== hard) return;
+      this.#hard = undefined;
+      // Someone subscribed between the loop's last check and this cleanup: start over for them.
+      if (this.#wanted && !this.#closed && this.#listeners.size > 0) {
+        try {
+          this.#start();
+        } catch (err) {
+          this.#o.onFailing?.(true, err);
+        }
+      }
     });
   }
 

@@ -182,7 +182,13 @@ export class Registrar {
     const release = this.#liveness.open(id);
     if (!entry.liveness) {
       entry.liveness = true;
-      await this.#persist();
+      try {
+        await this.#persist();
+      } catch (err) {
+        // The caller never gets `release`: close the count here, or the registration could never expire.
+        release();
+        throw err;
+      }
     }
     return release;
   }
