@@ -129,7 +129,7 @@ describe('faults', () => {
     await sidecar.close();
   });
 
-  test('sidecar restarted under load (client retries refused connections): registrations and routing back within 2 s', async () => {
+  test('sidecar restarted under load (the client retries connections the restart refused or closed unanswered): registrations and routing back within 2 s', async () => {
     const consul = new ConsulDevAgent();
     await consul.start();
     later(() => consul.stop());

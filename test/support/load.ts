@@ -15,8 +15,11 @@ export interface Load {
 
 /**
  * Runs `workers` loops of sequential requests until stop() (or `maxRequests` / `maxMs`). With
- * `retryRefused`, a refused connection to the proxy itself (a sidecar restart) is retried, as a client
- * library would; anything else that is not 2xx is a failure.
+ * `retryRefused`, a request that got no response because the proxy itself was restarting — the
+ * connection refused, or an idle keep-alive connection closed by the stopping sidecar just as the
+ * request went out (ECONNRESET before any response byte: no handler saw it) — is retried, as a client
+ * library does for a GET; anything else that is not 2xx, including a response cut after it began, is
+ * a failure.
  */
 export function startLoad(url: string | (() => string), opts: { workers?: number; maxRequests?: number; maxMs?: number; headers?: Record<string, string>; retryRefused?: boolean; pauseMs?: number } = {}): Load {
   const result: LoadResult = { total: 0, ok: 0, failures: [] };
@@ -26,15 +29,17 @@ export function startLoad(url: string | (() => string), opts: { workers?: number
   const worker = async () => {
     while (!stopped && Date.now() < deadline && result.total < max) {
       const target = typeof url === 'string' ? url : url();
+      let responded = false;
       try {
         const res = await fetch(target, { headers: opts.headers ?? {}, signal: AbortSignal.timeout(30_000) });
+        responded = true;
         await res.arrayBuffer();
         result.total++;
         if (res.ok) result.ok++;
         else result.failures.push({ at: Date.now(), status: res.status, code: res.headers.get('x-tandem-error') });
       } catch (err) {
         const code = (err as { cause?: { code?: string } }).cause?.code;
-        if (opts.retryRefused && code === 'ECONNREFUSED') {
+        if (opts.retryRefused && (code === 'ECONNREFUSED' || (code === 'ECONNRESET' && !responded))) {
           await sleep(20);
           continue;
         }
