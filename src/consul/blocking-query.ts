@@ -153,9 +153,8 @@ export class BlockingQuery<T> {
     this.#requeryInMs = delayMs;
   }
 
-  /** Stops the loop and refuses new subscribers. */
   /**
-   * Stops for good. Like the last subscriber leaving, it lets the request in flight end (see #stop);
+   * Stops for good and refuses new subscribers. Like the last subscriber leaving, it lets the request in flight end (see #stop);
    * at shutdown the client's close() destroys the sockets, which ends it at once.
    */
   close(): void {

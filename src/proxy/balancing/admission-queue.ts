@@ -24,11 +24,6 @@ export class AdmissionQueue {
     this.options = options;
   }
 
-  /** Requests waiting for `service` now. */
-  waiting(service: string): number {
-    return this.#queues.get(service)?.length ?? 0;
-  }
-
   /**
    * Waits until `attempt` gives a value (tried again each time a slot of `service` frees), at most
    * `min(timeoutMs, maxWaitMs)`; rejects with OverloadedError when the queue is full or time runs out.

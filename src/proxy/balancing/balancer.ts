@@ -246,6 +246,5 @@ export class Balancer {
     // Everyone over the bound (only possible with others full or out): the first with room takes it.
     if (!spare) return undefined;
     return spare.id === ids[0] ? { endpoint: spare, moved: false } : { endpoint: spare, moved: true, moveReason: firstReason ?? 'load' };
-    return undefined;
   }
 }
