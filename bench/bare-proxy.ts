@@ -2,17 +2,13 @@
 // (the best bare path in ../shared/notes/library-facts.md), round-robin over fixed upstreams. No routing, metrics,
 // retries or Consul: what Tandem's data path costs on top of it is what Tandem itself adds.
 //
-// Usage: node bench/bare-proxy.ts <listen port> <upstream port> [<upstream port> ...]   (run by bench/run.ts)
+// Usage: node --import tsx bench/bare-proxy.ts <listen port> <upstream port> [<upstream port> ...]   (started by bench/proxies.ts)
 // Serves /<anything>/<rest> → upstream /<rest>. Prints "ready" once listening; exits on SIGTERM/SIGINT or when stdin closes.
 import { createServer, type IncomingHttpHeaders } from 'node:http';
 import { Pool, type Dispatcher } from 'undici';
+import { serveUntilParentGoes } from '../test/support/child-server.ts';
 
 const [listen, ...ups] = process.argv.slice(2).map(Number);
-if (listen === undefined || ups.length === 0 || [listen, ...ups].some((p) => !Number.isInteger(p) || p < 1 || p > 65535)) {
-  process.stderr.write('usage: bare-proxy.ts <listen port> <upstream port> [<upstream port> ...]\n');
-  process.exit(2);
-}
-
 const HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'host']);
 const pools = ups.map((p) => new Pool(`http://127.0.0.1:${p}`, { connections: 64, keepAliveTimeout: 4000 }));
 let next = 0;
@@ -61,20 +57,11 @@ const server = createServer((req, res) => {
     if (!res.writableFinished) controller?.abort(new Error('client closed the connection'));
   });
 });
-server.keepAliveTimeout = 65_000;
-server.listen(listen, '127.0.0.1', () => process.stdout.write('ready\n'));
 
-let stopping = false;
-function stop(): void {
-  if (stopping) return;
-  stopping = true;
-  server.closeAllConnections();
-  server.close();
-  for (const p of pools) void p.destroy().catch(() => undefined);
-  setTimeout(() => process.exit(0), 1000).unref();
+if (ups.length === 0) {
+  process.stderr.write('usage: bare-proxy.ts <listen port> <upstream port> [<upstream port> ...]\n');
+  process.exit(2);
 }
-process.on('SIGTERM', stop);
-process.on('SIGINT', stop);
-process.stdin.on('end', stop);
-process.stdin.on('error', stop);
-process.stdin.resume();
+await serveUntilParentGoes([listen ?? Number.NaN], () => server, () => {
+  for (const p of pools) void p.destroy().catch(() => undefined);
+});

@@ -20,20 +20,26 @@
 //
 // Prints a summary (progress on stderr) and writes bench/results/catalog-scale.json. Loopback only; every
 // process it starts is stopped and the temp dir removed, also on error and on SIGINT/SIGTERM.
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { cpus, loadavg, tmpdir } from 'node:os';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Pool } from 'undici';
-import { ConsulDevAgent } from '../src/consul/consul-dev-agent.ts';
 import { freePorts } from '../src/common/free-port.ts';
-import {
-  ROOT, alive, build, checkInterrupted, isInterrupted, cleanup, cpuSeconds, establishedTo, flagEnv, getJson, installSignalHandlers, intEnv, isRecord, log, pidListeningOn, putJson,
-  rssMb, setLogPrefix, setupPinning, sleep, startNodeUpstreams, startSidecar, stopProc, type Proc, type Sidecar,
-} from './common.ts';
-import { percentile } from './load.ts';
+import { ConsulDevAgent } from '../src/consul/consul-dev-agent.ts';
+import { Tandem } from '../src/sdk/index.ts';
+import { flagEnv, intEnv } from '../test/support/env.ts';
+import { startNodeUpstreams } from '../test/support/fixed-upstreams.ts';
+import { setupPinning } from '../test/support/host-tools.ts';
+import { getJson, putJson } from '../test/support/http-json.ts';
+import { waitInstances } from '../test/support/instances.ts';
+import { Distribution } from '../test/support/latency.ts';
+import { cpuSeconds, establishedTo, pidListeningOn, rssMb } from '../test/support/proc-stats.ts';
+import { alive, stopProc, type Proc } from '../test/support/processes.ts';
+import { machineInfo, mdTable, writeResult } from '../test/support/report.ts';
+import { build, checkInterrupted, cleanup, installSignalHandlers, log, runMain, setLogPrefix, sleep } from '../test/support/run-control.ts';
+import { benchArgs, startTandem, type TandemProc } from '../test/support/tandem-process.ts';
 
 setLogPrefix('scale');
-const RESULTS = join(ROOT, 'bench', 'results', 'catalog-scale.json');
 const TXN_INSTANCES = 32;
 const TARGET_P99_MS = 50;
 
@@ -45,7 +51,6 @@ interface Settings {
   sample: number;
   concurrency: number;
   idleSeconds: number;
-  build: boolean;
   pin: boolean;
 }
 
@@ -58,7 +63,6 @@ function readSettings(): Settings {
     sample: intEnv('SCALE_SAMPLE', 20, 1),
     concurrency: intEnv('SCALE_CONCURRENCY', 16, 1),
     idleSeconds: intEnv('SCALE_IDLE_SECONDS', 10, 0),
-    build: !flagEnv('SCALE_SKIP_BUILD', false),
     pin: flagEnv('SCALE_PIN', true),
   };
   if (s.watched > s.services) throw new Error('SCALE_WATCHED must not exceed SCALE_SERVICES');
@@ -232,10 +236,7 @@ async function timeChange(o: {
   return { kind: o.kind, service: o.service, fromWriteMs: t1 - t0, fromAckMs: t1 - tAck, consulWakeMs: wokeAt === null ? null : wokeAt - t0, polls };
 }
 
-function stats(values: readonly number[]): { n: number; p50: number; p99: number; max: number; mean: number } {
-  const s = Float64Array.from(values).sort();
-  return { n: s.length, p50: percentile(s, 50), p99: percentile(s, 99), max: s.length > 0 ? (s[s.length - 1] ?? Number.NaN) : Number.NaN, mean: s.reduce((a, b) => a + b, 0) / Math.max(1, s.length) };
-}
+const stats = (values: readonly number[]) => Distribution.of(values).summary();
 
 // ---------------------------------------------------------------------------------------------------
 // Main
@@ -243,14 +244,14 @@ function stats(values: readonly number[]): { n: number; p50: number; p99: number
 async function main(): Promise<void> {
   const settings = readSettings();
   installSignalHandlers();
-  if (settings.build) await build('SCALE_SKIP_BUILD');
-  const pinning = await setupPinning(settings.pin);
+  await build('SCALE_SKIP_BUILD');
+  const pinning = await setupPinning(settings.pin, 'SCALE_PIN');
   log(pinning.describe);
 
   const agent = new ConsulDevAgent();
   let dir: string | undefined;
   let upstream: Proc | undefined;
-  let sidecar: Sidecar | undefined;
+  let sidecar: TandemProc | undefined;
   let proxyPool: Pool | undefined;
   try {
     log('starting a Consul dev agent');
@@ -294,7 +295,7 @@ async function main(): Promise<void> {
     const restMs = performance.now() - tRest;
     const totalInstances = settings.services * settings.instances;
     const { body: catalogServices } = await getJson(`${consul}/v1/catalog/services`, 30_000);
-    const serviceCount = isRecord(catalogServices) ? Object.keys(catalogServices).length : 0;
+    const serviceCount = typeof catalogServices === 'object' && catalogServices !== null ? Object.keys(catalogServices).length : 0;
     log(`catalog: ${serviceCount} services (incl. consul), ${restInsts.length} instances in ${(restMs / 1000).toFixed(1)} s with ${best}`);
     checkInterrupted();
 
@@ -302,28 +303,12 @@ async function main(): Promise<void> {
     const stride = Math.max(1, Math.floor(settings.services / settings.watched));
     const watched = Array.from({ length: settings.watched }, (_, k) => serviceName((k * stride) % settings.services));
     const tStart = performance.now();
-    sidecar = await startSidecar({
-      consul,
-      apiPort,
-      proxyPort,
-      stateDir: join(dir, 'state'),
-      nodeName: 'scale',
-      args: ['--set', `upstreams=${JSON.stringify(watched)}`, '--set', `watch.maxServices=${Math.min(150, settings.watched + 10)}`, '--set', 'proxy.slowStartMs=0'],
-      pinning,
-      core: 1,
-    });
+    const set = [`upstreams=${JSON.stringify(watched)}`, `watch.maxServices=${Math.min(150, settings.watched + 10)}`, 'proxy.slowStartMs=0'];
+    sidecar = await startTandem({ api: `127.0.0.1:${apiPort}`, proxy: `127.0.0.1:${proxyPort}`, args: benchArgs({ consul, stateDir: join(dir, 'state'), nodeName: 'scale', set }), pin: { pinning, core: 1 } });
     const sc = sidecar;
     const rssAtStartMb = await rssMb([sc.pid]);
-    for (const s of watched) {
-      for (;;) {
-        checkInterrupted();
-        const { status, body } = await getJson(`${sc.api}/v1/instances/${s}`);
-        const n = isRecord(body) && Array.isArray(body['instances']) ? body['instances'].length : 0;
-        if (status === 200 && n === settings.instances) break;
-        if (performance.now() - tStart > 60_000) throw new Error(`${s}: the sidecar shows ${n} instances after 60 s`);
-        await sleep(20);
-      }
-    }
+    const view = new Tandem({ url: sc.api });
+    for (const s of watched) await waitInstances(view, s, (l) => l.length === settings.instances, Math.max(1, 60_000 - (performance.now() - tStart)));
     const readyMs = performance.now() - tStart;
     log(`sidecar: all ${watched.length} watched services complete ${readyMs.toFixed(0)} ms after start; idle ${settings.idleSeconds} s`);
     const cpu0 = await cpuSeconds([sc.pid]);
@@ -373,24 +358,21 @@ async function main(): Promise<void> {
     const fromAck = stats(timings.map((t) => t.fromAckMs));
     const consulWake = stats(timings.map((t) => t.consulWakeMs).filter((v): v is number => v !== null));
 
-    const cpu = cpus();
-    const report = {
+    await writeResult('catalog-scale.json', {
       date: new Date().toISOString(),
       command: 'node --import tsx bench/catalog-scale.ts',
       settings,
-      machine: { cpus: cpu.length, model: cpu[0]?.model ?? 'unknown', loadavg: loadavg(), node: process.version },
+      machine: machineInfo(),
       pinning: pinning.describe,
       catalog: { services: settings.services, instancesPerService: settings.instances, instances: totalInstances, catalogServices: serviceCount, sampleRates: rates, chosen: best, restInstances: restInsts.length, restMs },
       sidecar: { watched: watched.length, readyMs, rssAtStartMb, idleRssMb: idleRss, rssAfterChangesMb, peakRssMb, idleCpuPercent, watchConnections, consulRssMb: consulRss },
       changeToRoutingMs: { all, adds, removes, fromAck, consulWake, targetP99Ms: TARGET_P99_MS, met: all.p99 <= TARGET_P99_MS },
       timings,
-    };
-    await mkdir(join(ROOT, 'bench', 'results'), { recursive: true });
-    await writeFile(RESULTS, `${JSON.stringify(report, null, 2)}\n`);
+    });
 
     const f = (v: number) => (Number.isFinite(v) ? v.toFixed(2) : '—');
     const lines = [
-      `${pinning.describe}; ${cpu.length} CPUs, node ${process.version}`,
+      `${pinning.describe}; ${machineInfo().cpus} CPUs, node ${process.version}`,
       '',
       `Catalog: ${settings.services} services × ${settings.instances} instances = ${totalInstances} instances on ${settings.instances} nodes`,
       ...rates.map((r) => `  ${r.method.padEnd(7)} ${r.instances} instances in ${r.ms.toFixed(0)} ms = ${r.perSecond.toFixed(0)}/s (until visible in /v1/health)`),
@@ -402,27 +384,21 @@ async function main(): Promise<void> {
       `  ${watchConnections} ESTABLISHED connections to Consul's HTTP port; idle CPU ${idleCpuPercent.toFixed(2)} % of a core`,
       `  Consul agent RSS: ${consulRss === null ? 'unknown' : `${consulRss.toFixed(1)} MB`}`,
       '',
-      '| change → routing (ms)          |   n |    p50 |    p99 |    max |',
-      '| ------------------------------ | --: | -----: | -----: | -----: |',
-      `| all, from the write sent       | ${String(all.n).padStart(3)} | ${f(all.p50).padStart(6)} | ${f(all.p99).padStart(6)} | ${f(all.max).padStart(6)} |`,
-      `| add                            | ${String(adds.n).padStart(3)} | ${f(adds.p50).padStart(6)} | ${f(adds.p99).padStart(6)} | ${f(adds.max).padStart(6)} |`,
-      `| remove                         | ${String(removes.n).padStart(3)} | ${f(removes.p50).padStart(6)} | ${f(removes.p99).padStart(6)} | ${f(removes.max).padStart(6)} |`,
-      `| all, from Consul's ack         | ${String(fromAck.n).padStart(3)} | ${f(fromAck.p50).padStart(6)} | ${f(fromAck.p99).padStart(6)} | ${f(fromAck.max).padStart(6)} |`,
-      `| Consul waking our own watcher  | ${String(consulWake.n).padStart(3)} | ${f(consulWake.p50).padStart(6)} | ${f(consulWake.p99).padStart(6)} | ${f(consulWake.max).padStart(6)} |`,
+      mdTable(
+        ['change → routing (ms)', 'n', 'p50', 'p99', 'max'],
+        ([['all, from the write sent', all], ['add', adds], ['remove', removes], ["all, from Consul's ack", fromAck], ['Consul waking our own watcher', consulWake]] as const).map(([label, d]) => [label, String(d.n), f(d.p50), f(d.p99), f(d.max)]),
+      ),
       '',
       `Target: change → routing ≤ ${TARGET_P99_MS} ms p99: ${f(all.p99)} ms — ${all.p99 <= TARGET_P99_MS ? 'met' : 'NOT met'}`,
       'Written to bench/results/catalog-scale.json',
     ];
     process.stdout.write(`\n${lines.join('\n')}\n`);
   } catch (err) {
-    if (sidecar && sidecar.output().trim()) log(`tandem stderr:\n${sidecar.output().trim().slice(-5000)}`);
+    if (sidecar?.output().trim()) log(`tandem stderr:\n${sidecar.output().trim().slice(-5000)}`);
     throw err;
   } finally {
     log('cleaning up');
-    const s = sidecar;
-    const u = upstream;
-    const p = proxyPool;
-    const d = dir;
+    const [s, u, p, d] = [sidecar, upstream, proxyPool, dir];
     await cleanup([
       ['close the proxy client', p ? () => p.destroy() : undefined],
       ['stop tandem', s && alive(s) ? () => stopProc(s, 20_000) : undefined],
@@ -433,12 +409,4 @@ async function main(): Promise<void> {
   }
 }
 
-main().then(
-  () => {
-    process.exitCode = 0;
-  },
-  (err: unknown) => {
-    process.stderr.write(`[scale] failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
-    process.exitCode = isInterrupted() ? 130 : 1;
-  },
-);
+runMain(main);

@@ -21,8 +21,10 @@ import { loadConfig } from '../src/config/config.ts';
 import { ConsulDevAgent } from '../src/consul/consul-dev-agent.ts';
 import { freePorts } from '../src/common/free-port.ts';
 import { Sidecar } from '../src/sidecar.ts';
-import { getJson, installSignalHandlers, intEnv, log, putJson, setLogPrefix, sleep, checkInterrupted } from './common.ts';
-import { percentile } from './load.ts';
+import { intEnv } from '../test/support/env.ts';
+import { getJson, putJson } from '../test/support/http-json.ts';
+import { Distribution } from '../test/support/latency.ts';
+import { checkInterrupted, installSignalHandlers, log, runMain, setLogPrefix, sleep } from '../test/support/run-control.ts';
 
 setLogPrefix('detector');
 installSignalHandlers();
@@ -73,14 +75,13 @@ async function change(consul: string, sidecar: Sidecar, api: string, service: st
   return { ms, reads: (after?.reads ?? 0) - (before?.reads ?? 0), wakeUps: (after?.wakeUps ?? 0) - (before?.wakeUps ?? 0) };
 }
 
-const pct = (sorted: number[], p: number) => percentile(Float64Array.from(sorted), p);
-
 function row(label: string, samples: Sample[]): string {
-  const ms = samples.map((s) => s.ms).filter((m) => !Number.isNaN(m)).sort((a, b) => a - b);
-  const reads = samples.map((s) => s.reads).sort((a, b) => a - b);
-  const wakes = samples.map((s) => s.wakeUps).sort((a, b) => a - b);
-  const t = ms.length ? `${pct(ms, 50).toFixed(1)} / ${pct(ms, 99).toFixed(1)}` : 'n/a (not routed)';
-  return `| ${label} | ${samples.length} | ${t} | ${pct(reads, 50)} (${reads[0]}–${reads.at(-1)}) | ${pct(wakes, 50)} |`;
+  const ms = Distribution.of(samples.map((s) => s.ms));
+  // Counts: recorded whole.
+  const reads = Distribution.of(samples.map((s) => s.reads), 1);
+  const wakes = Distribution.of(samples.map((s) => s.wakeUps), 1);
+  const t = ms.count ? `${ms.percentile(50).toFixed(1)} / ${ms.percentile(99).toFixed(1)}` : 'n/a (not routed)';
+  return `| ${label} | ${samples.length} | ${t} | ${reads.percentile(50)} (${Math.min(...samples.map((s) => s.reads))}–${reads.max}) | ${wakes.percentile(50)} |`;
 }
 
 async function main(): Promise<void> {
@@ -153,7 +154,4 @@ async function main(): Promise<void> {
   }
 }
 
-main().catch((err: unknown) => {
-  log(`failed: ${err instanceof Error ? err.stack ?? err.message : String(err)}`);
-  process.exitCode = 1;
-});
+runMain(main);

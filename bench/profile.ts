@@ -13,19 +13,25 @@
 // package, who called the costliest leaves, inclusive time of Tandem's own functions (dist/proxy, dist/agent), each
 // also as µs per request, and the per-area difference Tandem − bare; writes bench/results/profile.json. Loopback only;
 // everything it starts is stopped and the temp dir removed, also on SIGINT/SIGTERM.
-import { chmod, copyFile, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { cpus, loadavg, tmpdir } from 'node:os';
+import { chmod, copyFile, mkdir, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ConsulDevAgent } from '../src/consul/consul-dev-agent.ts';
 import { freePorts } from '../src/common/free-port.ts';
-import {
-  ROOT, alive, build, checkInterrupted, isInterrupted, cleanup, ensureTool, flagEnv, getJson, installSignalHandlers, intEnv, isRecord, log, nginxInfo, setLogPrefix, setupPinning, sleep,
-  startBareProxy, startNginxUpstreams, startNodeUpstreams, startSidecar, stopProc, type Proc, type Sidecar,
-} from './common.ts';
-import { autocannonGenerator, wrkGenerator, type LoadGenerator, type LoadResult, type LoadSpec } from './load.ts';
+import { ConsulDevAgent } from '../src/consul/consul-dev-agent.ts';
+import { Tandem } from '../src/sdk/index.ts';
+import { flagEnv, intEnv, choiceEnv } from '../test/support/env.ts';
+import { startFixedUpstreams } from '../test/support/fixed-upstreams.ts';
+import { ensureTool, setupPinning } from '../test/support/host-tools.ts';
+import { allRoutable, waitInstances } from '../test/support/instances.ts';
+import { autocannonGenerator, wrkGenerator, type LoadGenerator, type LoadResult, type LoadSpec } from '../test/support/load-generators.ts';
+import { nginxInfo } from '../test/support/nginx.ts';
+import { alive, stopProc, type Proc } from '../test/support/processes.ts';
+import { machineInfo, mdTable, writeResult } from '../test/support/report.ts';
+import { build, checkInterrupted, cleanup, installSignalHandlers, log, runMain, setLogPrefix, sleep } from '../test/support/run-control.ts';
+import { benchArgs, startTandem, type TandemProc } from '../test/support/tandem-process.ts';
+import { startBareProxy } from './proxies.ts';
 
 setLogPrefix('profile');
-const RESULTS = join(ROOT, 'bench', 'results', 'profile.json');
 const SERVICE = 'bench';
 
 // ---------------------------------------------------------------------------------------------------
@@ -51,6 +57,8 @@ interface CpuProfile {
   samples: number[];
   timeDeltas: number[];
 }
+
+const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 
 function isCpuProfile(v: unknown): v is CpuProfile {
   return isRecord(v) && Array.isArray(v['nodes']) && Array.isArray(v['samples']) && Array.isArray(v['timeDeltas']) && typeof v['startTime'] === 'number';
@@ -197,13 +205,6 @@ function summarize(p: CpuProfile, window: { fromUs: number; toUs: number } | und
   };
 }
 
-function mdTable(head: readonly string[], body: readonly (readonly string[])[]): string {
-  const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => (b[i] ?? '').length)));
-  const line = (cells: readonly string[]) => `| ${cells.map((c, i) => (i === 0 ? c.padEnd(widths[i] ?? 0) : c.padStart(widths[i] ?? 0))).join(' | ')} |`;
-  const rule = `|${widths.map((w, i) => (i === 0 ? ` ${'-'.repeat(w)} ` : ` ${'-'.repeat(Math.max(1, w - 1))}: `)).join('|')}|`;
-  return [line(head), rule, ...body.map(line)].join('\n');
-}
-
 // ---------------------------------------------------------------------------------------------------
 // Main
 
@@ -217,7 +218,7 @@ interface Profiled {
 }
 
 /** Warm-up, the measured load (its window on CLOCK_MONOTONIC), SIGTERM so node writes the profile, then the summary. */
-async function profileRun(subject: Subject, proc: Proc, profDir: string, load: LoadGenerator, spec: LoadSpec, keep: string | undefined): Promise<Profiled> {
+async function profileRun(subject: Subject, proc: Proc, profDir: string, load: LoadGenerator, spec: LoadSpec, keep: string | undefined, beforeStop?: () => Promise<void>): Promise<Profiled> {
   log(`${subject}: warm-up 2 s, then ${spec.seconds} s of ${load.name} at ${spec.connections} connections → ${spec.url}`);
   await load.run({ ...spec, seconds: 2 });
   checkInterrupted();
@@ -225,6 +226,7 @@ async function profileRun(subject: Subject, proc: Proc, profDir: string, load: L
   const r = await load.run(spec);
   const toUs = Number(process.hrtime.bigint() / 1000n);
   log(`${subject}: ${Math.round(r.rps)} req/s, p50 ${r.p50Ms.toFixed(3)} ms, p99 ${r.p99Ms.toFixed(3)} ms, ${r.requests} requests, errors ${r.errors}, non-2xx ${r.non2xx}`);
+  await beforeStop?.();
   await stopProc(proc, 30_000);
   const file = (await readdir(profDir)).find((f) => f.endsWith('.cpuprofile'));
   if (file === undefined) throw new Error(`${subject}: no .cpuprofile written in ${profDir}: ${proc.output().slice(-2000)}`);
@@ -291,11 +293,10 @@ async function main(): Promise<void> {
   const intervalUs = intEnv('PROFILE_INTERVAL_US', 250, 50);
   const sticky = flagEnv('PROFILE_STICKY', false);
   const keep = process.env['PROFILE_KEEP'];
-  const target = (process.env['PROFILE_TARGET'] ?? 'both').trim();
-  if (target !== 'both' && target !== 'tandem' && target !== 'bare') throw new Error(`PROFILE_TARGET must be tandem, bare or both (got '${target}')`);
+  const target = choiceEnv('PROFILE_TARGET', 'both', ['both', 'tandem', 'bare']);
   installSignalHandlers();
-  if (!flagEnv('PROFILE_SKIP_BUILD', false)) await build('PROFILE_SKIP_BUILD');
-  const pinning = await setupPinning(flagEnv('PROFILE_PIN', true));
+  await build('PROFILE_SKIP_BUILD');
+  const pinning = await setupPinning(flagEnv('PROFILE_PIN', true), 'PROFILE_PIN');
   log(pinning.describe);
   const install = flagEnv('BENCH_INSTALL', true);
   const wrk = await ensureTool('wrk', ['wrk'], install);
@@ -304,14 +305,15 @@ async function main(): Promise<void> {
   const agent = new ConsulDevAgent();
   let dir: string | undefined;
   let upstreams: Proc | undefined;
-  let sidecar: Sidecar | undefined;
+  let sidecar: TandemProc | undefined;
+  let app: Tandem | undefined;
   let bare: Proc | undefined;
   try {
     await agent.start();
     dir = await mkdtemp(join(tmpdir(), 'tandem-profile-'));
     await chmod(dir, 0o755);
     const [upA, upB, apiPort, proxyPort, barePort] = (await freePorts(5)) as [number, number, number, number, number];
-    upstreams = 'path' in nginx ? await startNginxUpstreams(await nginxInfo(nginx.path), join(dir, 'upstreams'), [upA, upB]) : await startNodeUpstreams([upA, upB]);
+    upstreams = await startFixedUpstreams('path' in nginx ? await nginxInfo(nginx.path) : undefined, dir, [upA, upB]);
     const load: LoadGenerator = 'path' in wrk ? await wrkGenerator(wrk.path, dir, pinning) : autocannonGenerator();
     const headers: Record<string, string> = sticky ? { 'x-stickyid': 'user-42' } : {};
     const profArgs = (d: string) => ['--cpu-prof', `--cpu-prof-dir=${d}`, `--cpu-prof-interval=${intervalUs}`];
@@ -320,50 +322,34 @@ async function main(): Promise<void> {
     if (target !== 'bare') {
       const profDir = join(dir, 'prof-tandem');
       await mkdir(profDir);
-      sidecar = await startSidecar({ consul: agent.address, apiPort, proxyPort, stateDir: join(dir, 'state'), nodeName: 'profile', nodeArgs: profArgs(profDir), pinning, core: 1 });
+      const args = benchArgs({ consul: agent.address, stateDir: join(dir, 'state'), nodeName: 'profile' });
+      sidecar = await startTandem({ api: `127.0.0.1:${apiPort}`, proxy: `127.0.0.1:${proxyPort}`, args, nodeArgs: profArgs(profDir), pin: { pinning, core: 1 } });
       const sc = sidecar;
-      for (const port of [upA, upB]) {
-        const res = await fetch(`${sc.api}/v1/services`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: SERVICE, version: '1.0.0', port }) });
-        if (res.status !== 201 && res.status !== 202) throw new Error(`register: ${res.status} ${await res.text()}`);
-        await res.arrayBuffer();
-      }
-      for (let i = 0; ; i++) {
-        checkInterrupted();
-        const { body } = await getJson(`${sc.api}/v1/instances/${SERVICE}`);
-        const inst = isRecord(body) && Array.isArray(body['instances']) ? body['instances'].filter((x) => isRecord(x) && x['healthy'] === true) : [];
-        if (inst.length === 2) break;
-        if (i > 150) throw new Error(`${SERVICE} not healthy: ${JSON.stringify(body)}`);
-        await sleep(200);
-      }
+      // The upstreams registered as an app would, through the SDK; closed before the sidecar stops (profileRun stops it).
+      app = new Tandem({ url: sc.api });
+      for (const port of [upA, upB]) await app.register({ name: SERVICE, version: '1.0.0', port }, undefined, { deregisterOnSignal: false });
+      await waitInstances(app, SERVICE, allRoutable(2));
       // Past the slow start of the new instances (5 s by default), so round-robin reaches both.
       await sleep(5000);
-      results.push(await profileRun('tandem', sc, profDir, load, { url: `${sc.proxy}/${SERVICE}/`, connections, seconds, headers }, keep));
+      const owner = app;
+      results.push(await profileRun('tandem', sc, profDir, load, { url: `${sc.proxy}/${SERVICE}/`, connections, seconds, headers }, keep, () => owner.close()));
     }
     if (target !== 'tandem') {
       checkInterrupted();
       const profDir = join(dir, 'prof-bare');
       await mkdir(profDir);
-      bare = await startBareProxy(barePort, [upA, upB], pinning, 1, profArgs(profDir));
+      bare = (await startBareProxy({ port: barePort, upstreams: [upA, upB], pinning, core: 1 }, profArgs(profDir))).proc;
       results.push(await profileRun('bare', bare, profDir, load, { url: `http://127.0.0.1:${barePort}/${SERVICE}/`, connections, seconds, headers }, keep));
     }
 
-    const cpu = cpus();
-    await mkdir(join(ROOT, 'bench', 'results'), { recursive: true });
-    await writeFile(
-      RESULTS,
-      `${JSON.stringify(
-        {
-          date: new Date().toISOString(),
-          command: 'node --import tsx bench/profile.ts',
-          settings: { seconds, connections, intervalUs, sticky, target, loadGenerator: load.name, upstreams: 'path' in nginx ? 'nginx' : 'node' },
-          machine: { cpus: cpu.length, model: cpu[0]?.model ?? 'unknown', loadavg: loadavg(), node: process.version },
-          pinning: pinning.describe,
-          profiles: results,
-        },
-        null,
-        2,
-      )}\n`,
-    );
+    await writeResult('profile.json', {
+      date: new Date().toISOString(),
+      command: 'node --import tsx bench/profile.ts',
+      settings: { seconds, connections, intervalUs, sticky, target, loadGenerator: load.name, upstreams: 'path' in nginx ? 'nginx' : 'node' },
+      machine: machineInfo(),
+      pinning: pinning.describe,
+      profiles: results,
+    });
     const out = [`${pinning.describe}; ${load.name}, ${connections} connections, ${seconds} s${sticky ? ', sticky' : ''}`, ''];
     for (const r of results) out.push(...report(r, intervalUs));
     const t = results.find((r) => r.subject === 'tandem');
@@ -372,16 +358,14 @@ async function main(): Promise<void> {
     out.push('Written to bench/results/profile.json');
     process.stdout.write(`\n${out.join('\n')}\n`);
   } catch (err) {
-    if (sidecar && sidecar.output().trim()) log(`tandem stderr:\n${sidecar.output().trim().slice(-5000)}`);
-    if (bare && bare.output().trim()) log(`bare proxy output:\n${bare.output().trim().slice(-5000)}`);
+    if (sidecar?.output().trim()) log(`tandem stderr:\n${sidecar.output().trim().slice(-5000)}`);
+    if (bare?.output().trim()) log(`bare proxy output:\n${bare.output().trim().slice(-5000)}`);
     throw err;
   } finally {
     log('cleaning up');
-    const s = sidecar;
-    const b = bare;
-    const u = upstreams;
-    const d = dir;
+    const [s, b, u, d, a] = [sidecar, bare, upstreams, dir, app];
     await cleanup([
+      ['close the SDK client', a ? () => a.close() : undefined],
       ['stop tandem', s && alive(s) ? () => stopProc(s, 20_000) : undefined],
       ['stop the bare proxy', b && alive(b) ? () => stopProc(b, 5_000) : undefined],
       ['stop the upstreams', u ? () => stopProc(u, 5_000) : undefined],
@@ -391,12 +375,4 @@ async function main(): Promise<void> {
   }
 }
 
-main().then(
-  () => {
-    process.exitCode = 0;
-  },
-  (err: unknown) => {
-    process.stderr.write(`[profile] failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
-    process.exitCode = isInterrupted() ? 130 : 1;
-  },
-);
+runMain(main);

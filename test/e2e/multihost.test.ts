@@ -1,9 +1,9 @@
-// End-to-end on the multi-host harness (bench/harness.ts): routing across hosts, a host lost and back, the Consul leader lost — real processes on loopback.
+// End-to-end on the multi-host harness (test/support/multihost-harness.ts): routing across hosts, a host lost and back, the Consul leader lost — real processes on loopback.
 // Needs the built CLI: npm run build && node --import tsx --test --test-concurrency=1 test/e2e/*.test.ts
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { startHarness, stopHarness, type Harness, type HarnessHost } from '../../bench/harness.ts';
+import { startHarness, stopHarness, type Harness, type HarnessHost } from '../support/multihost-harness.ts';
 import { eventually } from '../support/consul.ts';
 import { startLoad } from '../support/load.ts';
 import { FAST } from '../support/sidecar.ts';

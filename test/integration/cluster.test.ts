@@ -12,7 +12,8 @@ import { freePorts } from '../../src/common/free-port.ts';
 import { ConsulClient } from '../../src/consul/consul-client.ts';
 import { Tandem, type LeaderInfo } from '../../src/sdk/index.ts';
 import { consulGet, eventually, useConsul } from '../support/consul.ts';
-import { ConsulGate, connectionsTo } from '../support/consul-gate.ts';
+import { ConsulGate } from '../support/consul-gate.ts';
+import { connectionsTo } from '../support/proc-stats.ts';
 import { api, FAST, removeDir, spawnSidecar, startSidecar, tempDir } from '../support/sidecar.ts';
 
 const consul = useConsul();

@@ -1,5 +1,4 @@
-// Test helper: an HTTP gate in front of a Consul agent that can hold chosen requests or fail them all, and a count of TCP connections to a port.
-import { readFileSync } from 'node:fs';
+// Test helper: an HTTP gate in front of a Consul agent that can hold chosen requests or fail them all.
 import { createServer, request, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 
 export type GateMode = 'pass' | 'fail';
@@ -60,23 +59,4 @@ export class ConsulGate {
     res.on('close', () => up.destroy());
     req.pipe(up);
   }
-}
-
-/** Established TCP connections (any process on this host) whose remote end is `port` on loopback (Linux /proc). */
-export function connectionsTo(port: number): number {
-  let n = 0;
-  for (const file of ['/proc/net/tcp', '/proc/net/tcp6']) {
-    let text: string;
-    try {
-      text = readFileSync(file, 'utf8');
-    } catch {
-      continue;
-    }
-    for (const line of text.split('\n').slice(1)) {
-      const cols = line.trim().split(/\s+/);
-      const remote = cols[2];
-      if (cols[3] === '01' && remote && parseInt(remote.split(':')[1] ?? '', 16) === port) n++;
-    }
-  }
-  return n;
 }

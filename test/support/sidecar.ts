@@ -1,15 +1,15 @@
 // Test helper: runs sidecars in-process or as `tandem start` child processes, on free ports and temp state dirs.
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { loadConfig } from '../../src/config/config.ts';
 import { freePorts } from '../../src/common/free-port.ts';
 import { Sidecar } from '../../src/sidecar.ts';
+import { startTandem } from './tandem-process.ts';
 
-export const BIN = fileURLToPath(new URL('../../bin/tandem.js', import.meta.url));
+export { BIN } from './tandem-process.ts';
 
 export async function tempDir(prefix = 'tandem-test-'): Promise<string> {
   return mkdtemp(join(tmpdir(), prefix));
@@ -41,34 +41,11 @@ export interface ChildSidecar {
   stderr: () => string;
 }
 
-/** Runs the real CLI (`bin/tandem.js start`, built code) and waits until its control API answers. */
+/** Runs the real CLI (`bin/tandem.js start`, built code) and waits until its control API answers (a degraded 503 counts). */
 export async function spawnSidecar(args: string[], env: Record<string, string> = {}, ports?: { api: number; proxy: number }): Promise<ChildSidecar> {
   const [apiPort, proxyPort] = ports ? [ports.api, ports.proxy] : await freePorts(2);
-  const child = spawn(process.execPath, [BIN, 'start', '--api', `127.0.0.1:${apiPort}`, '--proxy', `127.0.0.1:${proxyPort}`, ...args], {
-    stdio: ['ignore', 'ignore', 'pipe'],
-    env: { PATH: process.env['PATH'] ?? '', ...env },
-  });
-  let err = '';
-  child.stderr?.on('data', (d: Buffer) => (err += d.toString()));
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  const api = `http://127.0.0.1:${apiPort}`;
-  const deadline = Date.now() + 20_000;
-  for (;;) {
-    if (child.exitCode !== null) throw new Error(`tandem exited with ${child.exitCode}: ${err}`);
-    try {
-      const res = await fetch(`${api}/v1/health`);
-      // 503 is a degraded sidecar (Consul unreachable): up and answering all the same.
-      if (res.ok || res.status === 503) break;
-    } catch {
-      // not listening yet
-    }
-    if (Date.now() > deadline) {
-      child.kill('SIGKILL');
-      throw new Error(`tandem did not answer in time: ${err}`);
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  return { child, api, exited, stderr: () => err };
+  const p = await startTandem({ api: `127.0.0.1:${apiPort}`, proxy: `127.0.0.1:${proxyPort}`, args, env, degradedIsUp: true, startTimeoutMs: 20_000 });
+  return { child: p.child, api: p.api, exited: p.exited.then(() => p.child.exitCode), stderr: p.output };
 }
 
 /** A tiny HTTP service with `/health`, answering its own name and version. */

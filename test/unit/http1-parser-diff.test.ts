@@ -18,58 +18,19 @@ import { randomInt } from 'node:crypto';
 import { createRequire } from 'node:module';
 import { test } from 'node:test';
 import { createBodyScanner } from '../../src/proxy/http1/body-scanner.ts';
-import type { HeadLimits } from '../../src/proxy/http1/head-types.ts';
+import type { HeadLimits, RequestHead, ResponseHead } from '../../src/proxy/http1/head-types.ts';
 import { parseRequestHead } from '../../src/proxy/http1/request-head.ts';
 import { parseResponseHead } from '../../src/proxy/http1/response-head.ts';
+import { intEnv } from '../support/env.ts';
+import { Rng } from '../support/rng.ts';
 
-function intEnv(name: string, fallback: number): number {
-  const raw = process.env[name];
-  if (raw === undefined || raw === '') return fallback;
-  const n = Number(raw);
-  if (!Number.isSafeInteger(n) || n < 0) throw new Error(`${name} must be a whole number (got '${raw}')`);
-  return n;
-}
-
-const SEED = intEnv('PARSER_DIFF_SEED', randomInt(0, 0xffffffff)) >>> 0;
-const ITERATIONS = intEnv('PARSER_DIFF_ITERATIONS', 8000);
-const ONLY_CASE = process.env['PARSER_DIFF_CASE'] ? intEnv('PARSER_DIFF_CASE', 0) : undefined;
+const SEED = intEnv('PARSER_DIFF_SEED', randomInt(0, 0xffffffff), 0, 0xffffffff);
+const ITERATIONS = intEnv('PARSER_DIFF_ITERATIONS', 8000, 0);
+const ONLY_CASE = process.env['PARSER_DIFF_CASE'] ? intEnv('PARSER_DIFF_CASE', 0, 0) : undefined;
 const LIMITS: HeadLimits = { maxHeaderBytes: 16_384, maxUrlBytes: 8192, maxHeaders: 100 };
 
 // ---------------------------------------------------------------------------------------------------------------
-// Seeded randomness (mulberry32), one generator per case so that a case replays alone.
-
-class Rng {
-  #s: number;
-  constructor(seed: number) {
-    this.#s = seed >>> 0;
-  }
-  float(): number {
-    this.#s = (this.#s + 0x6d2b79f5) >>> 0;
-    let t = this.#s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  }
-  int(min: number, max: number): number {
-    return min + Math.floor(this.float() * (max - min + 1));
-  }
-  chance(p: number): boolean {
-    return this.float() < p;
-  }
-  pick<T>(xs: readonly T[]): T {
-    return xs[this.int(0, xs.length - 1)] as T;
-  }
-  weighted<T>(items: readonly (readonly [number, T])[]): T {
-    let x = this.float() * items.reduce((n, [w]) => n + w, 0);
-    for (const [w, v] of items) if ((x -= w) < 0) return v;
-    return (items[items.length - 1] as readonly [number, T])[1];
-  }
-  str(n: number, alphabet: string): string {
-    let s = '';
-    for (let i = 0; i < n; i++) s += alphabet[this.int(0, alphabet.length - 1)] ?? 'x';
-    return s;
-  }
-}
+// Seeded randomness (test/support/rng.ts, mulberry32), one generator per case so that a case replays alone.
 
 const caseSeed = (i: number): number => (Math.imul(SEED ^ 0x9e3779b9, 0x85ebca6b) + Math.imul(i + 1, 0xc2b2ae35)) >>> 0;
 
@@ -118,6 +79,21 @@ interface Outcome {
 }
 
 type Kind = 'request' | 'response';
+
+/** What we compare of one message our parser read: its head, where it ends, its body size. */
+function messageOf(h: RequestHead | ResponseHead, headEnd: number, bodyBytes: number, end: number): Message {
+  return {
+    line: 'method' in h ? `${h.method} ${h.target}` : String(h.status),
+    status: 'status' in h ? h.status : 0,
+    versionMinor: h.versionMinor,
+    headers: h.headers,
+    keepAlive: h.keepAlive,
+    upgrade: h.isUpgrade,
+    headEnd,
+    bodyBytes,
+    end,
+  };
+}
 
 /** `methods` lists llhttp's HTTP methods densely: ids 0-33 are their indexes, QUERY (id 46) comes last. */
 function methodName(id: number): string {
@@ -224,17 +200,7 @@ function runOurs(kind: Kind, input: Buffer, methods: readonly string[]): Outcome
     const scanner = createBodyScanner(h);
     const n = scanner.feed(input, headEnd);
     if (scanner.error) return { messages, ending: 'error', code: scanner.error.code };
-    const m: Message = {
-      line: 'method' in h ? `${h.method} ${h.target}` : String(h.status),
-      status: 'status' in h ? h.status : 0,
-      versionMinor: h.versionMinor,
-      headers: h.headers,
-      keepAlive: h.keepAlive,
-      upgrade: h.isUpgrade,
-      headEnd,
-      bodyBytes: scanner.payloadBytes,
-      end: headEnd + n,
-    };
+    const m = messageOf(h, headEnd, scanner.payloadBytes, headEnd + n);
     if (h.framing === 'close') {
       messages.push(m);
       return { messages, ending: 'eof', code: '' };
@@ -268,17 +234,7 @@ function runOursStreaming(kind: Kind, input: Buffer, methods: readonly string[],
         const h = kind === 'request' ? parseRequestHead(buf, 0, LIMITS) : parseResponseHead(buf, 0, LIMITS, method);
         if (h.kind === 'incomplete') break;
         if (h.kind === 'error') return { messages, ending: 'error', code: h.code };
-        const m: Message = {
-          line: 'method' in h ? `${h.method} ${h.target}` : String(h.status),
-          status: 'status' in h ? h.status : 0,
-          versionMinor: h.versionMinor,
-          headers: h.headers,
-          keepAlive: h.keepAlive,
-          upgrade: h.isUpgrade,
-          headEnd: base + h.length,
-          bodyBytes: 0,
-          end: -1,
-        };
+        const m = messageOf(h, base + h.length, 0, -1);
         body = { scanner: createBodyScanner(h), m, close: h.framing === 'close', keepAlive: h.keepAlive, upgrade: h.isUpgrade };
         buf = buf.subarray(h.length);
         base += h.length;

@@ -1,4 +1,4 @@
-// The response bodies of the benchmark upstreams (node:http in bench/upstream.ts, or nginx from bench/common.ts).
+// The response bodies of the benchmark upstreams (node:http in test/support/fixed-upstream-child.ts, or nginx from test/support/fixed-upstreams.ts).
 
 /** Response bodies the upstreams serve: path → size. `/` is the ~100-byte JSON body. */
 export const BODY_PATHS = { '100B': '/', '1KB': '/1k', '64KB': '/64k' } as const;

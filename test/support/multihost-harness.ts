@@ -1,22 +1,22 @@
 // The local multi-host harness: 3 Consul servers and 3 "hosts" on loopback IPs, each with a client agent, a Tandem sidecar and demo services.
 //
-//   node --import tsx bench/harness.ts          (runs `npm run build` first; HARNESS_SKIP_BUILD=1 skips it)
+//   node --import tsx test/support/multihost-harness.ts     (runs `npm run build` first; HARNESS_SKIP_BUILD=1 skips it)
 //
 // Servers on 127.0.0.11-13; host-a/b/c on 127.0.0.21-23, each with its own Consul client agent (:8500),
 // `tandem start` (proxy :7700, control API :7701, own state dir) and deploy/consul/demo/service.mjs
-// instances bound to the host's IP. Ctrl-C stops everything. test/e2e reuses startHarness/stopHarness.
-import { spawn, type ChildProcess } from 'node:child_process';
+// instances bound to the host's IP. Ctrl-C stops everything. test/e2e uses startHarness/stopHarness.
 import { closeSync, openSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
-import { ConsulCluster } from '../test/support/consul-cluster.ts';
-import { freePorts } from '../src/common/free-port.ts';
+import { pathToFileURL } from 'node:url';
+import { freePorts } from '../../src/common/free-port.ts';
+import { ConsulCluster } from './consul-cluster.ts';
+import { startProc, stopProc, waitForLine, type Proc } from './processes.ts';
+import { ROOT, build, setLogPrefix, sleep } from './run-control.ts';
+import { startTandem } from './tandem-process.ts';
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const BIN = join(ROOT, 'bin', 'tandem.js');
 const DEMO = join(ROOT, 'deploy', 'consul', 'demo', 'service.mjs');
 const SERVERS = ['127.0.0.11', '127.0.0.12', '127.0.0.13'] as const;
 const HOSTS = [
@@ -37,7 +37,7 @@ export interface HarnessService extends ServiceDef {
   port: number;
   /** The registration id (`<name>-<host>-<port>`), known once the service has registered. */
   id: string | undefined;
-  child: ChildProcess | undefined;
+  proc: Proc | undefined;
 }
 
 export interface HarnessHost {
@@ -49,7 +49,7 @@ export interface HarnessHost {
   api: string;
   proxy: string;
   stateDir: string;
-  sidecar: ChildProcess | undefined;
+  sidecar: Proc | undefined;
   services: HarnessService[];
 }
 
@@ -83,8 +83,6 @@ export interface Harness {
   stop(): Promise<void>;
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
 async function bindable(ip: string, port: number): Promise<boolean> {
   return new Promise((resolve) => {
     const srv = createServer();
@@ -105,34 +103,6 @@ async function waitForPorts(waitMs: number, log: (l: string) => void): Promise<v
     if (!told) log(`waiting for ports to be free: ${busy.slice(0, 4).join(', ')}${busy.length > 4 ? ', ...' : ''}`);
     await sleep(2000);
   }
-}
-
-// One exit hook for every child of the harness: none outlives this process.
-const children = new Set<ChildProcess>();
-const killChildren = () => {
-  for (const c of children) c.kill('SIGKILL');
-};
-
-function track(child: ChildProcess): Promise<void> {
-  if (children.size === 0) process.once('exit', killChildren);
-  children.add(child);
-  return new Promise((resolve) =>
-    child.once('exit', () => {
-      children.delete(child);
-      if (children.size === 0) process.removeListener('exit', killChildren);
-      resolve();
-    }),
-  );
-}
-
-/** Sends `signal`, waits for the exit, and kills it after `graceMs` if it is still there. */
-async function terminate(child: ChildProcess | undefined, signal: NodeJS.Signals, graceMs: number): Promise<void> {
-  if (!child || child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise<void>((r) => child.once('exit', () => r()));
-  child.kill(signal);
-  const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
-  await exited;
-  clearTimeout(timer);
 }
 
 function tail(file: string): string {
@@ -199,51 +169,35 @@ export async function startHarness(opts: HarnessOptions = {}): Promise<Harness> 
   const startSidecar = async (h: HarnessHost): Promise<void> => {
     const logFile = join(dir, `${h.name}-tandem.log`);
     const fd = openSync(logFile, 'a');
-    const args = [BIN, 'start', '--consul', h.consul, '--api', `${h.ip}:7701`, '--proxy', `${h.ip}:7700`, '--advertise', h.ip, '--node-name', h.name, '--state-dir', h.stateDir,
-      '--set', 'registration.drainMs=500', ...(opts.sidecarArgs ?? [])];
-    const child = spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', fd, fd], detached: true, env: { PATH: process.env['PATH'] ?? '' } });
-    closeSync(fd);
-    void track(child);
-    h.sidecar = child;
-    for (const deadline = Date.now() + 30_000; ; await sleep(100)) {
-      if (child.exitCode !== null) throw new Error(`tandem on ${h.name} exited with ${child.exitCode}:\n${tail(logFile)}`);
-      if (await getJson(`${h.api}/v1/health`)) return;
-      if (Date.now() > deadline) throw new Error(`tandem on ${h.name} did not answer at ${h.api}:\n${tail(logFile)}`);
+    const args = ['--consul', h.consul, '--advertise', h.ip, '--node-name', h.name, '--state-dir', h.stateDir, '--set', 'registration.drainMs=500', ...(opts.sidecarArgs ?? [])];
+    try {
+      // Its own process group, so a Ctrl-C in the terminal reaches only the harness, which stops everything in order.
+      h.sidecar = await startTandem({ api: `${h.ip}:7701`, proxy: `${h.ip}:7700`, args, stdio: { stdout: fd, stderr: fd, group: true } });
+    } catch (err) {
+      throw new Error(`tandem on ${h.name}: ${(err as Error).message}\n${tail(logFile)}`, { cause: err });
+    } finally {
+      closeSync(fd);
     }
   };
 
   const startService = async (s: HarnessService): Promise<void> => {
-    if (s.child) await stopService(s);
+    if (s.proc) await stopService(s);
     const h = s.host;
     const logFile = join(dir, `${h.name}-${s.name}-${s.port}.log`);
     const fd = openSync(logFile, 'a');
-    const child = spawn(process.execPath, [DEMO, s.name, s.version, `${h.ip}:${s.port}`, h.api, String(opts.checkIntervalMs ?? 2000)], { stdio: ['ignore', 'pipe', fd], detached: true });
+    s.proc = startProc(process.execPath, [DEMO, s.name, s.version, `${h.ip}:${s.port}`, h.api, String(opts.checkIntervalMs ?? 2000)], { stdin: 'ignore', stderr: fd, group: true });
     closeSync(fd);
-    const exited = track(child);
-    s.child = child;
-    const line = await new Promise<string | undefined>((resolve) => {
-      let out = '';
-      const timer = setTimeout(() => resolve(undefined), 30_000);
-      child.stdout?.on('data', (d: Buffer) => {
-        out += d.toString();
-        if (out.includes('\n')) {
-          clearTimeout(timer);
-          resolve(out.split('\n')[0]);
-        }
-      });
-      void exited.then(() => resolve(undefined));
-    });
-    const id = /^registered (\S+)/.exec(line ?? '')?.[1];
-    if (!id) {
-      child.kill('SIGKILL');
-      throw new Error(`${s.name}@${s.version} on ${h.name} did not register:\n${tail(logFile)}`);
+    try {
+      s.id = (await waitForLine(s.proc, /^registered (\S+)/, `${s.name}@${s.version} on ${h.name}`, 30_000))[1];
+    } catch (err) {
+      await stopProc(s.proc, 1000, 'SIGKILL');
+      throw new Error(`${s.name}@${s.version} on ${h.name} did not register: ${(err as Error).message}\n${tail(logFile)}`, { cause: err });
     }
-    s.id = id;
   };
 
   const stopService = async (s: HarnessService, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> => {
-    await terminate(s.child, signal, 15_000);
-    s.child = undefined;
+    if (s.proc) await stopProc(s.proc, 15_000, signal);
+    s.proc = undefined;
   };
 
   const waitPassing = async (service: string, count: number, timeoutMs = 30_000): Promise<void> => {
@@ -277,7 +231,7 @@ export async function startHarness(opts: HarnessOptions = {}): Promise<Harness> 
     },
     stop: async () => {
       await Promise.all(hosts.flatMap((h) => h.services.map((s) => stopService(s))));
-      await Promise.all(hosts.map((h) => terminate(h.sidecar, 'SIGTERM', 20_000)));
+      await Promise.all(hosts.map((h) => h.sidecar && stopProc(h.sidecar, 20_000)));
       await cluster.stop();
       await rm(dir, { recursive: true, force: true });
     },
@@ -292,7 +246,7 @@ export async function startHarness(opts: HarnessOptions = {}): Promise<Harness> 
     for (const h of hosts) {
       for (const def of opts.services?.[h.name] ?? defaults[h.name]) {
         const [port] = await freePorts(1, { host: h.ip });
-        h.services.push({ ...def, host: h, port: port as number, id: undefined, child: undefined });
+        h.services.push({ ...def, host: h, port: port as number, id: undefined, proc: undefined });
       }
     }
     await Promise.all(hosts.flatMap((h) => h.services.map((s) => startService(s))));
@@ -330,11 +284,8 @@ export function describeHarness(h: Harness): string {
 }
 
 async function main(): Promise<void> {
-  if (process.env['HARNESS_SKIP_BUILD'] !== '1') {
-    process.stderr.write('npm run build...\n');
-    const code = await new Promise<number | null>((resolve) => spawn('npm', ['run', 'build'], { cwd: ROOT, stdio: ['ignore', 'inherit', 'inherit'] }).once('exit', resolve));
-    if (code !== 0) throw new Error(`npm run build failed (${code})`);
-  }
+  setLogPrefix('harness');
+  await build('HARNESS_SKIP_BUILD');
   const h = await startHarness({ log: (l) => process.stderr.write(`${l}\n`), portWaitMs: 0 });
   process.stdout.write(describeHarness(h));
   await new Promise<void>((resolve) => {
