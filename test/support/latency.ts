@@ -37,7 +37,8 @@ export class Distribution {
   }
 
   percentile(p: number): number {
-    return this.count === 0 ? Number.NaN : this.#h.getValueAtPercentile(p) / this.#resolution;
+    // A bucket's highest equivalent value can pass the largest recorded value: never report more than the max.
+    return this.count === 0 ? Number.NaN : Math.min(this.#h.getValueAtPercentile(p), this.#h.maxValue) / this.#resolution;
   }
 
   get max(): number {
