@@ -20,12 +20,9 @@
 //
 // Prints a summary (progress on stderr) and writes bench/results/catalog-scale.json. Loopback only; every
 // process it starts is stopped and the temp dir removed, also on error and on SIGINT/SIGTERM.
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Pool } from 'undici';
 import { freePorts } from '../src/common/free-port.ts';
-import { ConsulDevAgent } from '../src/consul/consul-dev-agent.ts';
 import { Tandem } from '../src/sdk/index.ts';
 import { flagEnv, intEnv } from '../test/support/env.ts';
 import { startNodeUpstreams } from '../test/support/fixed-upstreams.ts';
@@ -34,10 +31,10 @@ import { getJson, putJson } from '../test/support/http-json.ts';
 import { waitInstances } from '../test/support/instances.ts';
 import { Distribution } from '../test/support/latency.ts';
 import { cpuSeconds, establishedTo, pidListeningOn, rssMb } from '../test/support/proc-stats.ts';
-import { alive, stopProc, type Proc } from '../test/support/processes.ts';
 import { machineInfo, mdTable, writeResult } from '../test/support/report.ts';
-import { build, checkInterrupted, cleanup, installSignalHandlers, log, runMain, setLogPrefix, sleep } from '../test/support/run-control.ts';
-import { benchArgs, startTandem, type TandemProc } from '../test/support/tandem-process.ts';
+import { build, checkInterrupted, installSignalHandlers, log, runMain, setLogPrefix, sleep } from '../test/support/run-control.ts';
+import { benchArgs, startTandem } from '../test/support/tandem-process.ts';
+import { withTeardown } from '../test/support/teardown.ts';
 
 setLogPrefix('scale');
 const TXN_INSTANCES = 32;
@@ -248,18 +245,12 @@ async function main(): Promise<void> {
   const pinning = await setupPinning(settings.pin, 'SCALE_PIN');
   log(pinning.describe);
 
-  const agent = new ConsulDevAgent();
-  let dir: string | undefined;
-  let upstream: Proc | undefined;
-  let sidecar: TandemProc | undefined;
-  let proxyPool: Pool | undefined;
-  try {
-    log('starting a Consul dev agent');
-    await agent.start();
+  await withTeardown(async (t) => {
+    const agent = await t.consulAgent();
     const consul = agent.address;
-    dir = await mkdtemp(join(tmpdir(), 'tandem-scale-'));
+    const dir = await t.tempDir('tandem-scale-');
     const [upPort, apiPort, proxyPort] = (await freePorts(3)) as [number, number, number];
-    upstream = await startNodeUpstreams([upPort]);
+    t.proc('the upstream', await startNodeUpstreams([upPort]), 5_000);
     checkInterrupted();
 
     // Nodes first (catalog register of a node alone), so transactions can add services to them.
@@ -304,8 +295,8 @@ async function main(): Promise<void> {
     const watched = Array.from({ length: settings.watched }, (_, k) => serviceName((k * stride) % settings.services));
     const tStart = performance.now();
     const set = [`upstreams=${JSON.stringify(watched)}`, `watch.maxServices=${Math.min(150, settings.watched + 10)}`, 'proxy.slowStartMs=0'];
-    sidecar = await startTandem({ api: `127.0.0.1:${apiPort}`, proxy: `127.0.0.1:${proxyPort}`, args: benchArgs({ consul, stateDir: join(dir, 'state'), nodeName: 'scale', set }), pin: { pinning, core: 1 } });
-    const sc = sidecar;
+    const args = benchArgs({ consul, stateDir: join(dir, 'state'), nodeName: 'scale', set });
+    const sc = t.proc('tandem', await startTandem({ api: `127.0.0.1:${apiPort}`, proxy: `127.0.0.1:${proxyPort}`, args, pin: { pinning, core: 1 } }), 20_000);
     const rssAtStartMb = await rssMb([sc.pid]);
     const view = new Tandem({ url: sc.api });
     for (const s of watched) await waitInstances(view, s, (l) => l.length === settings.instances, Math.max(1, 60_000 - (performance.now() - tStart)));
@@ -325,8 +316,8 @@ async function main(): Promise<void> {
     log(`idle: RSS ${idleRss.toFixed(1)} MB, ${watchConnections} ESTABLISHED connections to Consul :${consulPort}, idle CPU ${idleCpuPercent.toFixed(2)} %; Consul RSS ${consulRss?.toFixed(1) ?? '?'} MB`);
 
     // Change → routing.
-    proxyPool = new Pool(sc.proxy, { connections: 1, pipelining: 1 });
-    const pp = proxyPool;
+    const pp = new Pool(sc.proxy, { connections: 1, pipelining: 1 });
+    t.defer('close the proxy client', () => pp.destroy());
     const timings: ChangeTiming[] = [];
     for (let k = 0; k < settings.changes; k++) {
       checkInterrupted();
@@ -393,20 +384,7 @@ async function main(): Promise<void> {
       'Written to bench/results/catalog-scale.json',
     ];
     process.stdout.write(`\n${lines.join('\n')}\n`);
-  } catch (err) {
-    if (sidecar?.output().trim()) log(`tandem stderr:\n${sidecar.output().trim().slice(-5000)}`);
-    throw err;
-  } finally {
-    log('cleaning up');
-    const [s, u, p, d] = [sidecar, upstream, proxyPool, dir];
-    await cleanup([
-      ['close the proxy client', p ? () => p.destroy() : undefined],
-      ['stop tandem', s && alive(s) ? () => stopProc(s, 20_000) : undefined],
-      ['stop the upstream', u ? () => stopProc(u, 5_000) : undefined],
-      ['stop consul', () => agent.stop()],
-      ['remove the temp dir', d ? () => rm(d, { recursive: true, force: true }) : undefined],
-    ]);
-  }
+  });
 }
 
 runMain(main);

@@ -18,19 +18,15 @@
 // deregister its services) within 30 s. Summary on stdout, progress on stderr. Exit status 0 clean, 1 violation or
 // crash, 130 interrupted. Violations fail the run; findings (contract deviations outside the checks above) are listed.
 import { randomInt } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { freePorts } from '../src/common/free-port.ts';
-import { ConsulDevAgent } from '../src/consul/consul-dev-agent.ts';
 import { Tandem } from '../src/sdk/index.ts';
 import { startNodeChild } from '../test/support/child-server.ts';
 import { flagEnv, intEnv } from '../test/support/env.ts';
 import { allRoutable, waitInstances } from '../test/support/instances.ts';
 import { fdCount, statusKb } from '../test/support/proc-stats.ts';
-import { stopProc, type Proc } from '../test/support/processes.ts';
-import { build, checkInterrupted, cleanup, installSignalHandlers, interruption, isInterrupted, log, runMain, setLogPrefix, sleep } from '../test/support/run-control.ts';
+import { build, checkInterrupted, installSignalHandlers, interruption, isInterrupted, log, runMain, setLogPrefix, sleep } from '../test/support/run-control.ts';
 import { benchArgs, startTandem, type TandemProc } from '../test/support/tandem-process.ts';
+import { withTeardown } from '../test/support/teardown.ts';
 import { IDLE_MS, burstCase, caseById, fuzzCase, slowCase, type Ctx, type FuzzCase } from './fuzz/cases.ts';
 import { Stats, checkCase, type Tally } from './fuzz/checks.ts';
 import { runConnection, stopConnections, type ConnResult } from './fuzz/connection.ts';
@@ -232,33 +228,32 @@ async function main(): Promise<number> {
   checkInterrupted();
 
   const stats = new Stats();
-  const agent = new ConsulDevAgent();
-  let stateDir: string | undefined;
-  let upstream: Proc | undefined;
-  let sidecar: TandemProc | undefined;
   let monitorDone = false;
-  let monitoring: Promise<void> | undefined;
-  try {
-    log('starting a Consul dev agent (deploy/consul/install.sh provides consul)');
-    await agent.start();
-    checkInterrupted();
-    stateDir = await mkdtemp(join(tmpdir(), 'tandem-fuzz-'));
+  return withTeardown(async (t) => {
+    const agent = await t.consulAgent();
+    const stateDir = await t.tempDir('tandem-fuzz-');
     const [upstreamPort, apiPort, proxyPort] = (await freePorts(3)) as [number, number, number];
     const ctx: Ctx = { proxyPort, apiPort, consulPort: agent.httpPort, upstreamPort };
     log(`upstream on ${HOST}:${upstreamPort}`);
-    upstream = await startNodeChild(new URL('./fuzz/echo-upstream.ts', import.meta.url).pathname, [upstreamPort], 'the echo upstream');
+    t.proc('the echo upstream', await startNodeChild(new URL('./fuzz/echo-upstream.ts', import.meta.url).pathname, [upstreamPort], 'the echo upstream'), 3_000);
     checkInterrupted();
     log(`tandem start: api ${HOST}:${apiPort}, proxy ${HOST}:${proxyPort}, consul ${agent.address}`);
     // Egress to nothing: foreign targets are refused without a connection or a DNS lookup (see the header).
     const args = benchArgs({ consul: agent.address, stateDir, set: ['registration.drainMs=200', 'proxy.egress.mode=allow-list'] });
-    sidecar = await startTandem({ api: `${HOST}:${apiPort}`, proxy: `${HOST}:${proxyPort}`, args, stdio: { onStderrLine: stderrChecker(stats) } });
+    const sidecar = t.proc('tandem', await startTandem({ api: `${HOST}:${apiPort}`, proxy: `${HOST}:${proxyPort}`, args, stdio: { onStderrLine: stderrChecker(stats) } }), 20_000);
     // Registered over the control API itself (the SDK would tie it to this process): the stop at the end checks the sidecar deregisters it.
     const res = await fetch(`${sidecar.api}/v1/services`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: SERVICE, version: '1.0.0', port: upstreamPort, address: HOST }) });
     if (res.status !== 201 && res.status !== 202) throw new Error(`POST /v1/services answered ${res.status}: ${await res.text()}`);
     await waitInstances(new Tandem({ url: sidecar.api }), SERVICE, allRoutable(1));
     const run: Run = { ctx, settings, stats, sidecar };
     const proxy = `http://${HOST}:${proxyPort}`;
-    monitoring = monitor(sidecar, stats, () => monitorDone || isInterrupted());
+    const monitoring = monitor(sidecar, stats, () => monitorDone || isInterrupted());
+    // Runs first at the end: every fuzz connection closed, the monitor stopped.
+    t.defer('stop the monitor', () => {
+      monitorDone = true;
+      stopConnections(true);
+      return monitoring;
+    });
 
     if (settings.replay !== undefined) {
       await replay(run, settings.replay);
@@ -300,24 +295,7 @@ async function main(): Promise<number> {
     else if (!isInterrupted()) await gracefulStop(sidecar, agent.address, stats);
     process.stdout.write(summary(run, stoppedBy, seconds));
     return stats.violations.size > 0 || stats.crash ? 1 : 0;
-  } catch (err) {
-    if (sidecar?.output().trim()) log(`tandem stderr (tail):\n${sidecar.output().trim().slice(-20_000)}`);
-    if (upstream?.output().trim()) log(`upstream stderr:\n${upstream.output().trim()}`);
-    throw err;
-  } finally {
-    monitorDone = true;
-    stopConnections(true);
-    log('cleaning up');
-    const [m, sc, u, d] = [monitoring, sidecar, upstream, stateDir];
-    // The sidecar first: it deregisters its services while Consul is still there.
-    await cleanup([
-      ['stop the monitor', m ? () => m : undefined],
-      ['stop tandem', sc ? () => stopProc(sc, 20_000) : undefined],
-      ['stop upstream', u ? () => stopProc(u, 3_000) : undefined],
-      ['stop consul', () => agent.stop()],
-      ['remove temp dir', d ? () => rm(d, { recursive: true, force: true }) : undefined],
-    ]);
-  }
+  });
 }
 
 runMain(main);

@@ -13,11 +13,9 @@
 // package, who called the costliest leaves, inclusive time of Tandem's own functions (dist/proxy, dist/agent), each
 // also as µs per request, and the per-area difference Tandem − bare; writes bench/results/profile.json. Loopback only;
 // everything it starts is stopped and the temp dir removed, also on SIGINT/SIGTERM.
-import { chmod, copyFile, mkdir, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { chmod, copyFile, mkdir, readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { freePorts } from '../src/common/free-port.ts';
-import { ConsulDevAgent } from '../src/consul/consul-dev-agent.ts';
 import { Tandem } from '../src/sdk/index.ts';
 import { flagEnv, intEnv, choiceEnv } from '../test/support/env.ts';
 import { startFixedUpstreams } from '../test/support/fixed-upstreams.ts';
@@ -25,10 +23,11 @@ import { ensureTool, setupPinning } from '../test/support/host-tools.ts';
 import { allRoutable, waitInstances } from '../test/support/instances.ts';
 import { autocannonGenerator, wrkGenerator, type LoadGenerator, type LoadResult, type LoadSpec } from '../test/support/load-generators.ts';
 import { nginxInfo } from '../test/support/nginx.ts';
-import { alive, stopProc, type Proc } from '../test/support/processes.ts';
+import { stopProc, type Proc } from '../test/support/processes.ts';
 import { machineInfo, mdTable, writeResult } from '../test/support/report.ts';
-import { build, checkInterrupted, cleanup, installSignalHandlers, log, runMain, setLogPrefix, sleep } from '../test/support/run-control.ts';
-import { benchArgs, startTandem, type TandemProc } from '../test/support/tandem-process.ts';
+import { build, checkInterrupted, installSignalHandlers, log, runMain, setLogPrefix, sleep } from '../test/support/run-control.ts';
+import { benchArgs, startTandem } from '../test/support/tandem-process.ts';
+import { withTeardown } from '../test/support/teardown.ts';
 import { startBareProxy } from './proxies.ts';
 
 setLogPrefix('profile');
@@ -302,18 +301,12 @@ async function main(): Promise<void> {
   const wrk = await ensureTool('wrk', ['wrk'], install);
   const nginx = await ensureTool('nginx', ['nginx-light', 'nginx'], install);
 
-  const agent = new ConsulDevAgent();
-  let dir: string | undefined;
-  let upstreams: Proc | undefined;
-  let sidecar: TandemProc | undefined;
-  let app: Tandem | undefined;
-  let bare: Proc | undefined;
-  try {
-    await agent.start();
-    dir = await mkdtemp(join(tmpdir(), 'tandem-profile-'));
+  await withTeardown(async (t) => {
+    const agent = await t.consulAgent();
+    const dir = await t.tempDir('tandem-profile-');
     await chmod(dir, 0o755);
     const [upA, upB, apiPort, proxyPort, barePort] = (await freePorts(5)) as [number, number, number, number, number];
-    upstreams = await startFixedUpstreams('path' in nginx ? await nginxInfo(nginx.path) : undefined, dir, [upA, upB]);
+    t.proc('the upstreams', await startFixedUpstreams('path' in nginx ? await nginxInfo(nginx.path) : undefined, dir, [upA, upB]), 5_000);
     const load: LoadGenerator = 'path' in wrk ? await wrkGenerator(wrk.path, dir, pinning) : autocannonGenerator();
     const headers: Record<string, string> = sticky ? { 'x-stickyid': 'user-42' } : {};
     const profArgs = (d: string) => ['--cpu-prof', `--cpu-prof-dir=${d}`, `--cpu-prof-interval=${intervalUs}`];
@@ -323,22 +316,21 @@ async function main(): Promise<void> {
       const profDir = join(dir, 'prof-tandem');
       await mkdir(profDir);
       const args = benchArgs({ consul: agent.address, stateDir: join(dir, 'state'), nodeName: 'profile' });
-      sidecar = await startTandem({ api: `127.0.0.1:${apiPort}`, proxy: `127.0.0.1:${proxyPort}`, args, nodeArgs: profArgs(profDir), pin: { pinning, core: 1 } });
-      const sc = sidecar;
+      const sc = t.proc('tandem', await startTandem({ api: `127.0.0.1:${apiPort}`, proxy: `127.0.0.1:${proxyPort}`, args, nodeArgs: profArgs(profDir), pin: { pinning, core: 1 } }), 20_000);
       // The upstreams registered as an app would, through the SDK; closed before the sidecar stops (profileRun stops it).
-      app = new Tandem({ url: sc.api });
-      for (const port of [upA, upB]) await app.register({ name: SERVICE, version: '1.0.0', port }, undefined, { deregisterOnSignal: false });
-      await waitInstances(app, SERVICE, allRoutable(2));
+      const owner = new Tandem({ url: sc.api });
+      t.defer('close the SDK client', () => owner.close());
+      for (const port of [upA, upB]) await owner.register({ name: SERVICE, version: '1.0.0', port }, undefined, { deregisterOnSignal: false });
+      await waitInstances(owner, SERVICE, allRoutable(2));
       // Past the slow start of the new instances (5 s by default), so round-robin reaches both.
       await sleep(5000);
-      const owner = app;
       results.push(await profileRun('tandem', sc, profDir, load, { url: `${sc.proxy}/${SERVICE}/`, connections, seconds, headers }, keep, () => owner.close()));
     }
     if (target !== 'tandem') {
       checkInterrupted();
       const profDir = join(dir, 'prof-bare');
       await mkdir(profDir);
-      bare = (await startBareProxy({ port: barePort, upstreams: [upA, upB], pinning, core: 1 }, profArgs(profDir))).proc;
+      const bare = t.proc('the bare proxy', (await startBareProxy({ port: barePort, upstreams: [upA, upB], pinning, core: 1 }, profArgs(profDir))).proc, 5_000);
       results.push(await profileRun('bare', bare, profDir, load, { url: `http://127.0.0.1:${barePort}/${SERVICE}/`, connections, seconds, headers }, keep));
     }
 
@@ -352,27 +344,12 @@ async function main(): Promise<void> {
     });
     const out = [`${pinning.describe}; ${load.name}, ${connections} connections, ${seconds} s${sticky ? ', sticky' : ''}`, ''];
     for (const r of results) out.push(...report(r, intervalUs));
-    const t = results.find((r) => r.subject === 'tandem');
-    const b = results.find((r) => r.subject === 'bare');
-    if (t && b) out.push('### What Tandem adds to the bare path, per request (self time by area)', '', comparison(t, b), '');
+    const ours = results.find((r) => r.subject === 'tandem');
+    const floor = results.find((r) => r.subject === 'bare');
+    if (ours && floor) out.push('### What Tandem adds to the bare path, per request (self time by area)', '', comparison(ours, floor), '');
     out.push('Written to bench/results/profile.json');
     process.stdout.write(`\n${out.join('\n')}\n`);
-  } catch (err) {
-    if (sidecar?.output().trim()) log(`tandem stderr:\n${sidecar.output().trim().slice(-5000)}`);
-    if (bare?.output().trim()) log(`bare proxy output:\n${bare.output().trim().slice(-5000)}`);
-    throw err;
-  } finally {
-    log('cleaning up');
-    const [s, b, u, d, a] = [sidecar, bare, upstreams, dir, app];
-    await cleanup([
-      ['close the SDK client', a ? () => a.close() : undefined],
-      ['stop tandem', s && alive(s) ? () => stopProc(s, 20_000) : undefined],
-      ['stop the bare proxy', b && alive(b) ? () => stopProc(b, 5_000) : undefined],
-      ['stop the upstreams', u ? () => stopProc(u, 5_000) : undefined],
-      ['stop consul', () => agent.stop()],
-      ['remove the temp dir', d ? () => rm(d, { recursive: true, force: true }) : undefined],
-    ]);
-  }
+  });
 }
 
 runMain(main);

@@ -20,11 +20,10 @@
 // (100) services, idle. Every load run is bounded (killed 30 s past its duration). Prints Markdown tables on stdout
 // (progress on stderr) and writes everything to bench/results/latest.json. Everything listens on 127.0.0.1; every
 // process it starts is stopped and the temp dir removed, also on error and on SIGINT/SIGTERM.
-import { chmod, mkdtemp, rm } from 'node:fs/promises';
-import { loadavg, tmpdir } from 'node:os';
+import { chmod } from 'node:fs/promises';
+import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { freePorts } from '../src/common/free-port.ts';
-import { ConsulDevAgent } from '../src/consul/consul-dev-agent.ts';
 import { Tandem, type InstanceInfo } from '../src/sdk/index.ts';
 import { choiceEnv, flagEnv, intEnv, listEnv } from '../test/support/env.ts';
 import { BODY_BYTES, BODY_PATHS, type BodySize } from '../test/support/fixed-bodies.ts';
@@ -34,10 +33,10 @@ import { allRoutable, waitInstances } from '../test/support/instances.ts';
 import { autocannonGenerator, wrkGenerator, type LoadGenerator, type LoadResult } from '../test/support/load-generators.ts';
 import { nginxInfo, type NginxInfo } from '../test/support/nginx.ts';
 import { coreBusySeconds, cpuSeconds, rssMb } from '../test/support/proc-stats.ts';
-import { alive, stopProc, type Proc } from '../test/support/processes.ts';
 import { fmt, machineInfo, mdTable, writeResult } from '../test/support/report.ts';
-import { build, checkInterrupted, cleanup, installSignalHandlers, log, runMain, sleep } from '../test/support/run-control.ts';
-import { benchArgs, startTandem, type TandemProc } from '../test/support/tandem-process.ts';
+import { build, checkInterrupted, installSignalHandlers, log, runMain, sleep } from '../test/support/run-control.ts';
+import { withTeardown } from '../test/support/teardown.ts';
+import { benchArgs, startTandem } from '../test/support/tandem-process.ts';
 import { idleWithServices, type IdleResult } from './idle-sidecar.ts';
 import { startBareProxy, startNginxProxy, type ReferenceProxy } from './proxies.ts';
 
@@ -252,38 +251,35 @@ async function main(): Promise<void> {
   const upstreamKind: 'nginx' | 'node' = settings.upstream === 'nginx' && nginx ? 'nginx' : 'node';
   checkInterrupted();
 
-  const agent = new ConsulDevAgent();
-  let dir: string | undefined;
-  let upstreams: Proc | undefined;
-  const proxies: ReferenceProxy[] = [];
-  let sidecar: TandemProc | undefined;
-  let idleSidecar: TandemProc | undefined;
-  let app: Tandem | undefined;
-  try {
-    log('starting a Consul dev agent (deploy/consul/install.sh provides consul)');
-    await agent.start();
-    checkInterrupted();
-    dir = await mkdtemp(join(tmpdir(), 'tandem-bench-'));
+  // Undone last first: the SDK client, the sidecars (they deregister while Consul is still there), the proxies, the upstreams, Consul.
+  await withTeardown(async (t) => {
+    const agent = await t.consulAgent();
+    const dir = await t.tempDir('tandem-bench-');
     // nginx's workers run as `nobody` when started by root: they must be able to traverse it.
     await chmod(dir, 0o755);
     const [upA, upB, apiPort, proxyPort, ...refPorts] = (await freePorts(6)) as [number, number, number, number, number, number];
     const load: LoadGenerator = wrkPath ? await wrkGenerator(wrkPath, dir, pinning) : autocannonGenerator();
 
     log(`upstreams (${upstreamKind}) on 127.0.0.1:${upA} and 127.0.0.1:${upB}`);
-    upstreams = await startFixedUpstreams(upstreamKind === 'nginx' ? nginx : undefined, dir, [upA, upB]);
+    t.proc('the upstreams', await startFixedUpstreams(upstreamKind === 'nginx' ? nginx : undefined, dir, [upA, upB]), 5_000);
     checkInterrupted();
     // The reference proxies, each alone on the proxy core in its turn of the load runs.
     const place = (port: number | undefined) => ({ port: port ?? 0, upstreams: [upA, upB], pinning, core: PROXY_CORE });
-    if (nginx) proxies.push(await startNginxProxy(nginx, dir, place(refPorts[0])));
-    if (settings.bare) proxies.push(await startBareProxy(place(refPorts[1])));
-    for (const p of proxies) log(`${p.label} on 127.0.0.1:${p.port}`);
+    const proxies: ReferenceProxy[] = [];
+    const add = (p: ReferenceProxy) => {
+      proxies.push(p);
+      t.proc(p.label, p.proc, 5_000);
+      log(`${p.label} on 127.0.0.1:${p.port}`);
+    };
+    if (nginx) add(await startNginxProxy(nginx, dir, place(refPorts[0])));
+    if (settings.bare) add(await startBareProxy(place(refPorts[1])));
 
     log(`tandem start: api 127.0.0.1:${apiPort}, proxy 127.0.0.1:${proxyPort}, consul ${agent.address}`);
-    sidecar = await startTandem({ api: `127.0.0.1:${apiPort}`, proxy: `127.0.0.1:${proxyPort}`, args: benchArgs({ consul: agent.address, stateDir: join(dir, 'state'), nodeName: 'bench' }), pin: { pinning, core: PROXY_CORE } });
-    const sc = sidecar;
+    const args = benchArgs({ consul: agent.address, stateDir: join(dir, 'state'), nodeName: 'bench' });
+    const sc = t.proc('tandem', await startTandem({ api: `127.0.0.1:${apiPort}`, proxy: `127.0.0.1:${proxyPort}`, args, pin: { pinning, core: PROXY_CORE } }), 20_000);
     // The bench registers its two upstreams as an app would, through the SDK (which keeps their TTL checks passing).
-    app = new Tandem({ url: sc.api });
-    const owner = app;
+    const owner = new Tandem({ url: sc.api });
+    t.defer('close the SDK client', () => owner.close());
     for (const port of [upA, upB]) await owner.register({ name: SERVICE, version: '1.0.0', port }, undefined, { deregisterOnSignal: false });
     log(`registered ${SERVICE} ×2; waiting for both to be healthy`);
     await waitInstances(owner, SERVICE, allRoutable(2));
@@ -387,7 +383,7 @@ async function main(): Promise<void> {
     let idle: IdleResult | undefined;
     if (settings.idleServices > 0) {
       checkInterrupted();
-      idle = await idleWithServices({ agent, count: settings.idleServices, idleSeconds: settings.idleSeconds, upstreamPort: upA, dir, pinning, core: PROXY_CORE, onStart: (s) => (idleSidecar = s) });
+      idle = await idleWithServices({ agent, count: settings.idleServices, idleSeconds: settings.idleSeconds, upstreamPort: upA, dir, pinning, core: PROXY_CORE, onStart: (s) => t.proc('the idle tandem', s, 20_000) });
       log(`idle with ${idle.services} watched services: RSS ${idle.rssMb.toFixed(1)} MB, ${idle.consulConnections} connections to Consul, CPU ${idle.idleCpuPercent.toFixed(2)} %`);
     }
 
@@ -457,23 +453,7 @@ async function main(): Promise<void> {
     out.push(`- RSS ≤ 60 MB idle with ${settings.idleServices} watched services: ${fmt(targets.idleRssMb.measured, 1)} MB — ${verdict(targets.idleRssMb.met)}`);
     out.push('', 'Written to bench/results/latest.json');
     process.stdout.write(`\n${out.join('\n')}\n`);
-  } catch (err) {
-    for (const [what, p] of [['tandem', sidecar], ['idle tandem', idleSidecar], ['upstreams', upstreams]] as const) if (p?.output().trim()) log(`${what} output:\n${p.output().trim().slice(-5000)}`);
-    throw err;
-  } finally {
-    log('cleaning up');
-    const [s, i, u, d, a] = [sidecar, idleSidecar, upstreams, dir, app];
-    // The sidecars first: they deregister their services while Consul is still there.
-    await cleanup([
-      ['close the SDK client', a ? () => a.close() : undefined],
-      ['stop the idle tandem', i && alive(i) ? () => stopProc(i, 20_000) : undefined],
-      ['stop tandem', s ? () => stopProc(s, 20_000) : undefined],
-      ...proxies.map((p): [string, () => Promise<void>] => [`stop ${p.label}`, () => stopProc(p.proc, 5_000)]),
-      ['stop the upstreams', u ? () => stopProc(u, 5_000) : undefined],
-      ['stop consul', () => agent.stop()],
-      ['remove the temp dir', d ? () => rm(d, { recursive: true, force: true }) : undefined],
-    ]);
-  }
+  });
 }
 
 runMain(main);

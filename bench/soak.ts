@@ -19,18 +19,15 @@
 // Prints a summary on stdout (progress on stderr), writes it to bench/results/soak.json, and exits 1 if any
 // request failed (non-2xx, network error, or a 2xx from the wrong service/version). Every process it
 // starts is stopped and the temp state dir removed, also on error and on SIGINT/SIGTERM.
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { Pool } from 'undici';
 import { freePorts } from '../src/common/free-port.ts';
-import { ConsulDevAgent } from '../src/consul/consul-dev-agent.ts';
 import { Tandem } from '../src/sdk/index.ts';
 import { intEnv } from '../test/support/env.ts';
-import { stopProc, type Proc } from '../test/support/processes.ts';
+import { stopProc } from '../test/support/processes.ts';
 import { machineInfo, writeResult } from '../test/support/report.ts';
-import { abortRun, build, checkInterrupted, cleanup, errMessage, installSignalHandlers, interruption, log, pause, runMain, setLogPrefix, waitUntil } from '../test/support/run-control.ts';
-import { benchArgs, startTandem, type TandemProc } from '../test/support/tandem-process.ts';
+import { abortRun, build, checkInterrupted, errMessage, installSignalHandlers, interruption, log, pause, runMain, setLogPrefix, waitUntil } from '../test/support/run-control.ts';
+import { benchArgs, startTandem } from '../test/support/tandem-process.ts';
+import { withTeardown } from '../test/support/teardown.ts';
 import { DEREG_DOWN_MS, KILL_DOWN_MS, churnLoop, type ChurnCtx } from './soak/churn.ts';
 import { allRoutable, register, startInstance, type Instance, type ServiceName } from './soak/instances.ts';
 import { fmtKb, printSummary, round, sampleProc, slopeKbPerMin, type ProcSample, type SeriesPoint, type Settings, type Summary } from './soak/summary.ts';
@@ -75,18 +72,11 @@ async function main(): Promise<number> {
   await build('SOAK_SKIP_BUILD');
   checkInterrupted();
 
-  const agent = new ConsulDevAgent();
-  let stateDir: string | undefined;
-  let sidecar: TandemProc | undefined;
-  let view: Tandem | undefined;
   const sidecarLines: SidecarLog = { lines: [], warnLines: 0, errorLines: 0 };
-  let pool: Pool | undefined;
   const insts: Instance[] = [];
-  try {
-    log('starting a Consul dev agent (deploy/consul/install.sh provides consul)');
-    await agent.start();
-    checkInterrupted();
-    stateDir = await mkdtemp(join(tmpdir(), 'tandem-soak-'));
+  return withTeardown(async (t) => {
+    const agent = await t.consulAgent();
+    const stateDir = await t.tempDir('tandem-soak-');
     const ports = await freePorts(8);
     const [apiPort, proxyPort] = ports.slice(6) as [number, number];
     const layout: [ServiceName, string][] = [
@@ -98,19 +88,21 @@ async function main(): Promise<number> {
       ['soak-b', '1.0.2'],
     ];
     layout.forEach(([service, version], i) => {
-      insts.push({ service, version, port: ports[i] as number, label: `${service}@${version}`, id: '', proc: undefined });
+      const inst: Instance = { service, version, port: ports[i] as number, label: `${service}@${version}`, id: '', proc: undefined };
+      insts.push(inst);
+      // Churn replaces an instance's process: whichever runs at the end is stopped.
+      t.defer(`stop upstream ${inst.label}`, async () => inst.proc && stopProc(inst.proc, 3_000));
     });
     for (const inst of insts) inst.proc = await startInstance(inst);
     log(`upstreams: ${insts.map((i) => `${i.label} on ${i.port}`).join(', ')}`);
 
     log(`tandem start: api 127.0.0.1:${apiPort}, proxy 127.0.0.1:${proxyPort}, consul ${agent.address}`);
-    sidecar = await startTandem({ api: `127.0.0.1:${apiPort}`, proxy: `127.0.0.1:${proxyPort}`, args: benchArgs({ consul: agent.address, stateDir }), stdio: { onStderrLine: (l) => countLine(sidecarLines, l) } });
-    const sc = sidecar;
+    const sc = t.proc('tandem', await startTandem({ api: `127.0.0.1:${apiPort}`, proxy: `127.0.0.1:${proxyPort}`, args: benchArgs({ consul: agent.address, stateDir }), stdio: { onStderrLine: (l) => countLine(sidecarLines, l) } }), 20_000);
     void sc.exited.then(() => {
       abortRun(new Error(`the sidecar exited during the run (${String(sc.child.exitCode ?? sc.child.signalCode)}): ${sc.output().slice(-2000)}`));
     });
-    view = new Tandem({ url: sc.api });
-    const v = view;
+    const v = new Tandem({ url: sc.api });
+    t.defer('close the SDK client', () => v.close());
     for (const inst of insts) inst.id = await register(sc.api, inst);
     log(`registered ${insts.map((i) => i.id).join(', ')}; waiting for all to be healthy`);
     if (!(await waitUntil(() => allRoutable(v, insts), 30_000))) {
@@ -120,7 +112,8 @@ async function main(): Promise<number> {
 
     await sanityCheck(sc.proxy);
 
-    pool = new Pool(sc.proxy, { connections: settings.concurrency, keepAliveTimeout: 4_000 });
+    const pool = new Pool(sc.proxy, { connections: settings.concurrency, keepAliveTimeout: 4_000 });
+    t.defer('close the client pool', () => pool.destroy());
     const t0 = Date.now();
     const stats = new Stats(t0);
     const traffic: Traffic = { pool, stats, stop: false };
@@ -243,23 +236,7 @@ async function main(): Promise<number> {
     printSummary(summary);
     if (runError !== undefined) throw runError;
     return summary.passed ? 0 : 1;
-  } catch (err) {
-    if (sidecar && sidecar.output().trim()) log(`tandem stderr (last lines):\n${sidecar.output().trim().split('\n').slice(-30).join('\n')}`);
-    for (const i of insts) if (i.proc && i.proc.output().trim()) log(`upstream ${i.label} stderr:\n${i.proc.output().trim()}`);
-    throw err;
-  } finally {
-    log('cleaning up');
-    const [p, sc, v, d] = [pool, sidecar, view, stateDir];
-    // The sidecar first: it deregisters its services while Consul is still there.
-    await cleanup([
-      ['close the client pool', p ? () => p.destroy() : undefined],
-      ['close the SDK client', v ? () => v.close() : undefined],
-      ['stop tandem', sc ? () => stopProc(sc, 20_000) : undefined],
-      ...insts.map((i): [string, (() => Promise<void>) | undefined] => [`stop upstream ${i.label}`, i.proc ? () => stopProc(i.proc as Proc, 3_000) : undefined]),
-      ['stop consul', () => agent.stop()],
-      ['remove temp dir', d ? () => rm(d, { recursive: true, force: true }) : undefined],
-    ]);
-  }
+  });
 }
 
 runMain(main);

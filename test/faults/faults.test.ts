@@ -5,7 +5,8 @@ import { fileURLToPath } from 'node:url';
 import { after, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ConsulCluster } from '../support/consul-cluster.ts';
-import { ConsulDevAgent } from '../../src/consul/consul-dev-agent.ts';
+import { ConsulDevAgent, type DevAgentOptions } from '../../src/consul/consul-dev-agent.ts';
+import type { Sidecar } from '../../src/sidecar.ts';
 import { freePorts } from '../../src/common/free-port.ts';
 import { agentServiceIds, eventually, healthOf } from '../support/consul.ts';
 import { startLoad } from '../support/load.ts';
@@ -33,6 +34,22 @@ async function register(base: string, name: string, port: number, check: object 
   return (res.body as { id: string }).id;
 }
 
+/** A sidecar on `consulAddress` for one test, closed (and its state dir removed) after the file's tests. */
+async function sidecarOn(consulAddress: string, opts: Parameters<typeof startSidecar>[1] = {}): Promise<{ sidecar: Sidecar; base: string }> {
+  const { sidecar, api: base, stateDir } = await startSidecar(consulAddress, opts);
+  later(() => sidecar.close());
+  later(() => removeDir(stateDir));
+  return { sidecar, base };
+}
+
+/** A Consul dev agent and a sidecar on it for one test, both stopped after the file's tests. */
+async function consulAndSidecar(opts: DevAgentOptions = {}): Promise<{ consul: ConsulDevAgent; sidecar: Sidecar; base: string }> {
+  const consul = new ConsulDevAgent(opts);
+  await consul.start();
+  later(() => consul.stop());
+  return { consul, ...(await sidecarOn(consul.address)) };
+}
+
 async function healthyCount(base: string, service: string): Promise<number> {
   const body = (await api('GET', `${base}/v1/instances/${service}`)).body as { instances?: { healthy: boolean }[] };
   return (body.instances ?? []).filter((i) => i.healthy).length;
@@ -40,12 +57,7 @@ async function healthyCount(base: string, service: string): Promise<number> {
 
 describe('faults', () => {
   test('kill -9 one of three upstream instances under steady GET load: 0 failed requests', async () => {
-    const consul = new ConsulDevAgent();
-    await consul.start();
-    later(() => consul.stop());
-    const { sidecar, api: base, stateDir } = await startSidecar(consul.address);
-    later(() => sidecar.close());
-    later(() => removeDir(stateDir));
+    const { sidecar, base } = await consulAndSidecar();
     const ports = (await freePorts(3)) as [number, number, number];
     const children = await Promise.all(ports.map((p) => childUpstream(p, 'k9')));
     for (const p of ports) await register(base, 'k9', p, { kind: 'http', path: '/health', intervalMs: 1000 });
@@ -61,12 +73,7 @@ describe('faults', () => {
   });
 
   test(`Consul stopped for ${OUTAGE_MS / 1000} s under load: 0 failed requests; registrations made meanwhile appear after`, { timeout: OUTAGE_MS + 120_000 }, async () => {
-    const consul = new ConsulDevAgent({ nodeName: 'outage-node' });
-    await consul.start();
-    later(() => consul.stop());
-    const { sidecar, api: base, stateDir } = await startSidecar(consul.address);
-    later(() => sidecar.close());
-    later(() => removeDir(stateDir));
+    const { consul, sidecar, base } = await consulAndSidecar({ nodeName: 'outage-node' });
     const ups = await Promise.all([startUpstream('outage', '1.0.0'), startUpstream('outage', '1.0.0'), startUpstream('outage', '1.0.0')]);
     for (const u of ups) later(() => u.close());
     for (const u of ups) await register(base, 'outage', u.port);
@@ -99,11 +106,7 @@ describe('faults', () => {
     later(() => cluster.stop());
     const client = cluster.clients[0];
     assert.ok(client);
-    const { sidecar, api: base, stateDir } = await startSidecar(client.address, {
-      args: ['--advertise', '127.0.0.1', '--set', `consul.fallbackAddresses=${JSON.stringify(cluster.servers.map((s) => s.address))}`],
-    });
-    later(() => sidecar.close());
-    later(() => removeDir(stateDir));
+    const { sidecar, base } = await sidecarOn(client.address, { args: ['--advertise', '127.0.0.1', '--set', `consul.fallbackAddresses=${JSON.stringify(cluster.servers.map((s) => s.address))}`] });
     const ups = await Promise.all([startUpstream('ha', '1.0.0'), startUpstream('ha', '1.0.0')]);
     for (const u of ups) later(() => u.close());
     for (const u of ups) await register(base, 'ha', u.port);
@@ -200,12 +203,7 @@ describe('faults', () => {
   });
 
   test('an upstream that hangs: the caller gets 504 at its deadline; other callers are unaffected', async () => {
-    const consul = new ConsulDevAgent();
-    await consul.start();
-    later(() => consul.stop());
-    const { sidecar, api: base, stateDir } = await startSidecar(consul.address);
-    later(() => sidecar.close());
-    later(() => removeDir(stateDir));
+    const { sidecar, base } = await consulAndSidecar();
     const stuck = await startUpstream('stuck', '1.0.0');
     const fine = await startUpstream('fine', '1.0.0');
     later(() => stuck.close());

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { createServer, request as httpRequest, type IncomingHttpHeaders, type Server } from 'node:http';
-import { connect } from 'node:net';
+import type { Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { after, before, describe, test } from 'node:test';
@@ -11,6 +11,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Sidecar } from '../../src/sidecar.ts';
 import { eventually, useConsul } from '../support/consul.ts';
 import { api, removeDir, startSidecar } from '../support/sidecar.ts';
+import { listenLocal } from '../support/listen.ts';
+import { rawExchange } from '../support/raw-http.ts';
 import { startUpstream, type Upstream } from '../support/upstream.ts';
 
 const run = promisify(execFile);
@@ -47,15 +49,9 @@ async function plainServer(text: string): Promise<typeof allowed> {
     res.setHeader('content-type', 'text/plain');
     res.end(text);
   });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  cleanups.push(
-    () =>
-      new Promise<void>((r) => {
-        server.closeAllConnections();
-        server.close(() => r());
-      }),
-  );
-  return { server, port: (server.address() as { port: number }).port, seen };
+  const { port, close } = await listenLocal(server);
+  cleanups.push(close);
+  return { server, port, seen };
 }
 
 after(async () => {
@@ -135,23 +131,8 @@ async function curl(url: string, headers: Record<string, string> = {}, extra: st
 }
 
 /** Raw bytes to the proxy; everything it answers until it closes or `waitMs` passes. */
-function raw(text: string | Buffer, waitMs = 1500, then?: (sock: ReturnType<typeof connect>, out: () => string) => void): Promise<{ out: string; closedByServer: boolean }> {
-  const { port, hostname } = new URL(proxy);
-  return new Promise((resolve, reject) => {
-    const sock = connect(Number(port), hostname);
-    let out = '';
-    let closedByServer = false;
-    const timer = setTimeout(() => sock.destroy(), waitMs);
-    sock.on('data', (d) => (out += d.toString('latin1')));
-    sock.on('end', () => (closedByServer = true));
-    sock.on('close', () => {
-      clearTimeout(timer);
-      resolve({ out, closedByServer });
-    });
-    sock.on('error', reject);
-    sock.write(text);
-    then?.(sock, () => out);
-  });
+function raw(text: string | Buffer, waitMs = 1500, then?: (sock: Socket, out: () => string) => void): Promise<{ out: string; closedByServer: boolean }> {
+  return rawExchange(proxy, text, waitMs, then);
 }
 
 function absolute(url: string, headers: Record<string, string> = {}): Promise<Result> {

@@ -7,6 +7,7 @@ import { ConsulDevAgent } from '../../src/consul/consul-dev-agent.ts';
 import { eventually } from '../support/consul.ts';
 import { ConsulGate } from '../support/consul-gate.ts';
 import { removeDir, startService, startSidecar } from '../support/sidecar.ts';
+import { sseStream, type SseStream } from '../support/sse-client.ts';
 
 const ACL_HCL = 'acl { enabled = true default_policy = "deny" enable_token_persistence = false tokens { master = "root-token" } }';
 const NODE = 'acl-cluster';
@@ -16,39 +17,11 @@ after(async () => {
   for (const c of cleanups.reverse()) await c().catch(() => undefined);
 });
 
-interface Stream {
-  events: { event: string; data: Record<string, unknown> }[];
-  /** The server ended the response. */
-  ended: boolean;
-  status: Promise<number>;
-  close(): void;
-}
+type Stream = SseStream<Record<string, unknown>>;
 
-/** An SSE client that records events and whether the server closed the stream. */
+/** An SSE client that records events (data parsed as JSON) and whether the server closed the stream. */
 function stream(url: string, init: { method?: string; token?: string } = {}): Stream {
-  const ctrl = new AbortController();
-  let resolveStatus: (n: number) => void = () => undefined;
-  const s: Stream = { events: [], ended: false, status: new Promise<number>((r) => (resolveStatus = r)), close: () => ctrl.abort() };
-  void (async () => {
-    try {
-      const res = await fetch(url, { method: init.method ?? 'GET', headers: init.token ? { 'x-consul-token': init.token } : {}, signal: ctrl.signal });
-      resolveStatus(res.status);
-      let buf = '';
-      const dec = new TextDecoder();
-      for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
-        buf += dec.decode(chunk, { stream: true });
-        for (let end = buf.indexOf('\n\n'); end !== -1; end = buf.indexOf('\n\n')) {
-          const lines = buf.slice(0, end).split('\n');
-          buf = buf.slice(end + 2);
-          const event = lines.find((l) => l.startsWith('event: '))?.slice(7);
-          if (event) s.events.push({ event, data: JSON.parse(lines.find((l) => l.startsWith('data: '))?.slice(6) ?? '{}') as Record<string, unknown> });
-        }
-      }
-      s.ended = true;
-    } catch {
-      resolveStatus(0);
-    }
-  })();
+  const s = sseStream(url, { method: init.method ?? 'GET', headers: init.token ? { 'x-consul-token': init.token } : {} }, (d) => JSON.parse(d || '{}') as Record<string, unknown>);
   cleanups.push(async () => s.close());
   return s;
 }

@@ -14,6 +14,7 @@ import { Tandem, type LeaderInfo } from '../../src/sdk/index.ts';
 import { consulGet, eventually, useConsul } from '../support/consul.ts';
 import { ConsulGate } from '../support/consul-gate.ts';
 import { connectionsTo } from '../support/proc-stats.ts';
+import { sseStream, type SseStream } from '../support/sse-client.ts';
 import { api, FAST, removeDir, spawnSidecar, startSidecar, tempDir } from '../support/sidecar.ts';
 
 const consul = useConsul();
@@ -31,40 +32,10 @@ async function sidecar(consulAddress: string, nodeName: string, args: string[] =
   return s;
 }
 
-interface Stream {
-  status: Promise<number>;
-  events: { event: string; data: string }[];
-  has(event: string): boolean;
-  close(): void;
-}
+type Stream = SseStream<string>;
 
 /** An SSE client: records every event; `close()` leaves like a client that goes away. */
-function stream(url: string, method = 'GET'): Stream {
-  const ctrl = new AbortController();
-  const events: { event: string; data: string }[] = [];
-  let resolveStatus: (n: number) => void = () => undefined;
-  const status = new Promise<number>((r) => (resolveStatus = r));
-  void (async () => {
-    try {
-      const res = await fetch(url, { method, signal: ctrl.signal });
-      resolveStatus(res.status);
-      let buf = '';
-      const dec = new TextDecoder();
-      for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
-        buf += dec.decode(chunk, { stream: true });
-        for (let end = buf.indexOf('\n\n'); end !== -1; end = buf.indexOf('\n\n')) {
-          const lines = buf.slice(0, end).split('\n');
-          buf = buf.slice(end + 2);
-          const event = lines.find((l) => l.startsWith('event: '))?.slice(7);
-          if (event) events.push({ event, data: lines.find((l) => l.startsWith('data: '))?.slice(6) ?? '' });
-        }
-      }
-    } catch {
-      resolveStatus(0);
-    }
-  })();
-  return { status, events, has: (e) => events.some((x) => x.event === e), close: () => ctrl.abort() };
-}
+const stream = (url: string, method = 'GET'): Stream => sseStream(url, { method });
 
 const payloads = (s: Stream) => s.events.filter((e) => e.event === 'event').map((e) => (JSON.parse(e.data) as { payload: unknown }).payload);
 const timers = () => process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length;

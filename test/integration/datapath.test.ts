@@ -7,6 +7,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { freePorts } from '../../src/common/free-port.ts';
 import type { Sidecar } from '../../src/sidecar.ts';
 import { eventually, useConsul } from '../support/consul.ts';
+import { listenLocal } from '../support/listen.ts';
+import { rawExchange } from '../support/raw-http.ts';
 import { api, removeDir, startSidecar } from '../support/sidecar.ts';
 
 const consul = useConsul();
@@ -25,15 +27,9 @@ after(async () => {
 /** A plain upstream with /health and the given handler for everything else. */
 async function upstream(handle: (req: IncomingMessage, res: ServerResponse) => void): Promise<{ port: number; server: Server }> {
   const server = createServer((req, res) => (req.url === '/health' ? res.end('ok') : handle(req, res)));
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  cleanups.push(
-    () =>
-      new Promise<void>((r) => {
-        server.closeAllConnections();
-        server.close(() => r());
-      }),
-  );
-  return { port: (server.address() as { port: number }).port, server };
+  const { port, close } = await listenLocal(server);
+  cleanups.push(close);
+  return { port, server };
 }
 
 async function register(name: string, port: number, check: object = { kind: 'http', path: '/health' }): Promise<string> {
@@ -51,22 +47,7 @@ async function healthy(service: string, n: number): Promise<void> {
 
 /** Raw bytes in, everything the proxy writes until it closes (or `waitMs` passes) out. */
 function raw(text: string, waitMs = 1500): Promise<{ out: string; closedByServer: boolean; ms: number }> {
-  const { port, hostname } = new URL(proxy);
-  return new Promise((resolve, reject) => {
-    const started = Date.now();
-    const sock = connect(Number(port), hostname);
-    let out = '';
-    let closedByServer = false;
-    const timer = setTimeout(() => sock.destroy(), waitMs);
-    sock.on('data', (d) => (out += d.toString('latin1')));
-    sock.on('end', () => (closedByServer = true));
-    sock.on('close', () => {
-      clearTimeout(timer);
-      resolve({ out, closedByServer, ms: Date.now() - started });
-    });
-    sock.on('error', reject);
-    sock.write(text);
-  });
+  return rawExchange(proxy, text, waitMs);
 }
 
 function statusLines(out: string): string[] {

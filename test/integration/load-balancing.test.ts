@@ -2,32 +2,13 @@
 import assert from 'node:assert/strict';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { after, before, describe, test } from 'node:test';
-import type { Sidecar } from '../../src/sidecar.ts';
-import { ConsulDevAgent } from '../../src/consul/consul-dev-agent.ts';
+import { describe, test } from 'node:test';
 import { eventually } from '../support/consul.ts';
-import { api, removeDir, startSidecar } from '../support/sidecar.ts';
+import { api, useSidecar } from '../support/sidecar.ts';
 
-const consul = new ConsulDevAgent();
-let sidecar: Sidecar | undefined;
 let base: string;
 let proxy: string;
-let stateDir: string;
-const cleanups: (() => Promise<unknown>)[] = [];
-
-before(async () => {
-  await consul.start();
-  ({ sidecar, api: base, stateDir } = await startSidecar(consul.address, {
-    args: ['--set', 'proxy.services.fastslow-ll.balancer=least-loaded', '--set', 'proxy.queueTimeoutMs=1500', '--set', 'proxy.maxQueued=2'],
-  }));
-  proxy = (sidecar as Sidecar).addresses.proxy;
-});
-after(async () => {
-  for (const c of cleanups.reverse()) await c().catch(() => undefined);
-  await sidecar?.close();
-  await consul.stop();
-  if (stateDir) await removeDir(stateDir);
-});
+const { cleanups } = useSidecar(['--set', 'proxy.services.fastslow-ll.balancer=least-loaded', '--set', 'proxy.queueTimeoutMs=1500', '--set', 'proxy.maxQueued=2'], (urls) => ({ api: base, proxy } = urls));
 
 /** An upstream answering after `delayMs`, counting the requests it has in flight at once. */
 interface Slow {

@@ -5,34 +5,17 @@ import { createHash } from 'node:crypto';
 import { request as httpRequest } from 'node:http';
 import { connect } from 'node:net';
 import { fileURLToPath } from 'node:url';
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import WebSocket from 'ws';
 import { freePorts } from '../../src/common/free-port.ts';
-import type { Sidecar } from '../../src/sidecar.ts';
-import { ConsulDevAgent } from '../../src/consul/consul-dev-agent.ts';
 import { eventually } from '../support/consul.ts';
-import { api, removeDir, startSidecar } from '../support/sidecar.ts';
+import { api, removeDir, startSidecar, useSidecar } from '../support/sidecar.ts';
 import { startUpstream, type Upstream } from '../support/upstream.ts';
 
-const consul = new ConsulDevAgent();
-let sidecar: Sidecar | undefined;
 let base: string;
 let proxy: string;
-let stateDir: string;
-const cleanups: (() => Promise<unknown>)[] = [];
-
-before(async () => {
-  await consul.start();
-  ({ sidecar, api: base, stateDir } = await startSidecar(consul.address, { args: ['--set', 'proxy.ejection.baseEjectionMs=1000'] }));
-  proxy = (sidecar as Sidecar).addresses.proxy;
-});
-after(async () => {
-  for (const c of cleanups.reverse()) await c().catch(() => undefined);
-  await sidecar?.close();
-  await consul.stop();
-  if (stateDir) await removeDir(stateDir);
-});
+const { consul, cleanups } = useSidecar(['--set', 'proxy.ejection.baseEjectionMs=1000'], (urls) => ({ api: base, proxy } = urls));
 
 async function register(name: string, version: string, port: number, check: object = { kind: 'http', path: '/health' }): Promise<string> {
   const res = await api('POST', `${base}/v1/services`, { name, version, port, check });

@@ -97,20 +97,6 @@ export async function waitUntil(probe: () => Promise<boolean>, timeoutMs: number
   }
 }
 
-/** Runs cleanup steps in order; a failing step is logged and the others still run. */
-export async function cleanup(steps: readonly [string, (() => Promise<unknown>) | undefined][]): Promise<void> {
-  for (const [what, fn] of steps) {
-    if (!fn) continue;
-    const t = Date.now();
-    try {
-      await fn();
-      if (Date.now() - t > 5000) log(`cleanup: ${what} took ${((Date.now() - t) / 1000).toFixed(1)} s`);
-    } catch (err) {
-      log(`cleanup: ${what} failed: ${errMessage(err)}`);
-    }
-  }
-}
-
 /** `npm run build` (the runs start the built CLI), unless `skipVar`=1. */
 export async function build(skipVar: string): Promise<void> {
   if (['1', 'true', 'yes', 'on'].includes((process.env[skipVar] ?? '').trim().toLowerCase())) return;

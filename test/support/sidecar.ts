@@ -3,10 +3,13 @@ import type { ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
+import { after, before } from 'node:test';
 import { join } from 'node:path';
 import { loadConfig } from '../../src/config/config.ts';
 import { freePorts } from '../../src/common/free-port.ts';
+import { ConsulDevAgent } from '../../src/consul/consul-dev-agent.ts';
 import { Sidecar } from '../../src/sidecar.ts';
+import { listenLocal } from './listen.ts';
 import { startTandem } from './tandem-process.ts';
 
 export { BIN } from './tandem-process.ts';
@@ -34,6 +37,28 @@ export async function startSidecar(consulAddress: string, opts: { stateDir?: str
   return { sidecar, api, stateDir };
 }
 
+/**
+ * A test file's Consul dev agent and in-process sidecar (started with `args`), up before its tests: `onStart` gets
+ * the control API and proxy URLs. After the tests, `cleanups` run (last first), then the sidecar and Consul stop.
+ */
+export function useSidecar(args: string[], onStart: (urls: { api: string; proxy: string }) => void): { consul: ConsulDevAgent; cleanups: (() => Promise<unknown>)[] } {
+  const consul = new ConsulDevAgent();
+  const cleanups: (() => Promise<unknown>)[] = [];
+  let started: Awaited<ReturnType<typeof startSidecar>> | undefined;
+  before(async () => {
+    await consul.start();
+    started = await startSidecar(consul.address, { args });
+    onStart({ api: started.api, proxy: started.sidecar.addresses.proxy });
+  });
+  after(async () => {
+    for (const c of cleanups.reverse()) await c().catch(() => undefined);
+    await started?.sidecar.close();
+    await consul.stop();
+    if (started) await removeDir(started.stateDir);
+  });
+  return { consul, cleanups };
+}
+
 export interface ChildSidecar {
   child: ChildProcess;
   api: string;
@@ -55,17 +80,7 @@ export async function startService(name: string, version: string): Promise<{ ser
     res.setHeader('content-type', 'application/json');
     res.end(JSON.stringify({ name, version, url: req.url }));
   });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const port = (server.address() as { port: number }).port;
-  return {
-    server,
-    port,
-    close: () =>
-      new Promise<void>((r) => {
-        server.closeAllConnections();
-        server.close(() => r());
-      }),
-  };
+  return { server, ...(await listenLocal(server)) };
 }
 
 export async function api(method: string, url: string, body?: unknown, raw?: string): Promise<{ status: number; body: unknown; headers: Headers }> {
