@@ -5,8 +5,8 @@ import type { ParsedResponse } from './response-stream.ts';
 
 /** After the last byte is written: how long a connection may stay silent before we stop waiting. */
 export const IDLE_MS = 1500;
-export const BURST_IDLE_MS = 5000;
-export const CASE_MAX_MS = 10_000;
+const BURST_IDLE_MS = 5000;
+const CASE_MAX_MS = 10_000;
 
 /** Every case has its own generator, seeded from (seed, case id), so one case can be replayed alone. */
 const caseRng = (seed: number, id: string): Rng => Rng.from(`${seed}/${id}`);
@@ -22,12 +22,12 @@ export interface Ctx {
   upstreamPort: number;
 }
 
-export interface Part {
+interface Part {
   data: Buffer;
   delayMs: number;
 }
 
-export interface Expectation {
+interface Expectation {
   what: string;
   ok: (r: ParsedResponse) => boolean;
   severity: 'violation' | 'finding';
@@ -51,7 +51,7 @@ export interface FuzzCase {
   valid: boolean;
 }
 
-export interface RawRequest {
+interface RawRequest {
   method: string;
   /** Request target as bytes (latin1 string). */
   target: string;
@@ -61,7 +61,7 @@ export interface RawRequest {
   eol: string;
 }
 
-export function serialize(r: RawRequest): Buffer {
+function serialize(r: RawRequest): Buffer {
   const head = `${r.method} ${r.target} ${r.version}${r.eol}${r.headers.map(([k, v]) => `${k}: ${v}${r.eol}`).join('')}${r.eol}`;
   return Buffer.concat([Buffer.from(head, 'latin1'), r.body]);
 }
@@ -69,7 +69,7 @@ export function serialize(r: RawRequest): Buffer {
 // --- whole cases
 
 /** One request from the grammar. */
-export function grammarRequest(r: Rng, listener: Listener, ctx: Ctx): { req: RawRequest; tag: Tag; exact: boolean } {
+function grammarRequest(r: Rng, listener: Listener, ctx: Ctx): { req: RawRequest; tag: Tag; exact: boolean } {
   let m = method(r);
   let target: string;
   let tag: Tag = 'other';
@@ -126,7 +126,7 @@ export function grammarRequest(r: Rng, listener: Listener, ctx: Ctx): { req: Raw
   return { req: { method: m, target, version, headers, body, eol }, tag, exact };
 }
 
-export function expectationFor(tag: Tag, listener: Listener, m: string): Expectation | undefined {
+function expectationFor(tag: Tag, listener: Listener, m: string): Expectation | undefined {
   if (listener !== 'proxy') return undefined;
   const refused = (r: ParsedResponse) => r.status >= 400 && !r.headers.has('x-tandem-instance');
   if (tag === 'foreign') return { what: 'a foreign absolute-form target (or CONNECT) is refused by the proxy itself (>= 400, no x-tandem-instance)', ok: refused, severity: 'violation' };
@@ -136,9 +136,9 @@ export function expectationFor(tag: Tag, listener: Listener, m: string): Expecta
   return undefined;
 }
 
-export const MUTATION_TOKENS = ['\r\n', '\n', '\r', ' ', '\t', ':', '\0', '%', '%00', '..', '/', '@', 'HTTP/1.1', 'chunked', 'Content-Length: 0\r\n', 'Transfer-Encoding: chunked\r\n', '\r\n\r\n', 'GET / HTTP/1.1\r\n', '0\r\n\r\n', '\xff', utf8('🙂'), 'Host: x\r\n', 'Upgrade: websocket\r\nConnection: upgrade\r\n'];
+const MUTATION_TOKENS = ['\r\n', '\n', '\r', ' ', '\t', ':', '\0', '%', '%00', '..', '/', '@', 'HTTP/1.1', 'chunked', 'Content-Length: 0\r\n', 'Transfer-Encoding: chunked\r\n', '\r\n\r\n', 'GET / HTTP/1.1\r\n', '0\r\n\r\n', '\xff', utf8('🙂'), 'Host: x\r\n', 'Upgrade: websocket\r\nConnection: upgrade\r\n'];
 
-export function mutate(r: Rng, data: Buffer): Buffer {
+function mutate(r: Rng, data: Buffer): Buffer {
   let b: Buffer = Buffer.from(data);
   for (let n = r.int(1, 8); n > 0; n--) {
     const pos = r.int(0, b.length);
@@ -169,7 +169,7 @@ export function garbage(r: Rng, ctx: Ctx): Buffer {
   ])();
 }
 
-export function splitParts(r: Rng, data: Buffer): Part[] {
+function splitParts(r: Rng, data: Buffer): Part[] {
   if (data.length < 2 || r.chance(0.75)) return [{ data, delayMs: 0 }];
   const cuts = new Set<number>();
   for (let n = r.int(1, 6); n > 0; n--) cuts.add(r.int(1, data.length - 1));
@@ -215,7 +215,7 @@ export function fuzzCase(seed: number, n: number, ctx: Ctx): FuzzCase {
   return { id, listener, gen, parts: splitParts(r, data), methods, expects, exact, endAfterWrite: r.chance(0.1), idleMs: IDLE_MS, maxMs: CASE_MAX_MS, valid: false };
 }
 
-export function validRequest(listener: Listener, ctx: Ctx, path: string): Buffer {
+function validRequest(listener: Listener, ctx: Ctx, path: string): Buffer {
   const port = listener === 'proxy' ? ctx.proxyPort : ctx.apiPort;
   return Buffer.from(`GET ${path} HTTP/1.1\r\nHost: ${HOST}:${port}\r\nConnection: close\r\n\r\n`, 'latin1');
 }

@@ -4,7 +4,7 @@ import { SERVICE } from './grammar.ts';
 import { esc, type ParsedResponse } from './response-stream.ts';
 import type { ConnResult } from './connection.ts';
 
-export const EXAMPLES = 3;
+const EXAMPLES = 3;
 
 export interface Tally {
   count: number;
@@ -54,14 +54,14 @@ export class Stats {
   }
 }
 
-export const STACK = / {4}at [^\n]*(?::\d+:\d+|native|<anonymous>)/;
-export const CONSUL_SELF = /"DebugConfig"|"Config"\s*:\s*\{\s*"Datacenter"|"Member"\s*:\s*\{\s*"Name"/;
+const STACK = / {4}at [^\n]*(?::\d+:\d+|native|<anonymous>)/;
+const CONSUL_SELF = /"DebugConfig"|"Config"\s*:\s*\{\s*"Datacenter"|"Member"\s*:\s*\{\s*"Name"/;
 
 export function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
-export function parseJson(body: Buffer): unknown {
+function parseJson(body: Buffer): unknown {
   try {
     return JSON.parse(body.toString('utf8')) as unknown;
   } catch {
@@ -70,7 +70,7 @@ export function parseJson(body: Buffer): unknown {
 }
 
 /** 'ok', a parser-level answer (Node's or fastify's own, for garbage), or what is wrong with an error body. */
-export function errorShape(res: ParsedResponse): { kind: 'ok' } | { kind: 'parser'; label: string } | { kind: 'bad'; reason: string } {
+function errorShape(res: ParsedResponse): { kind: 'ok' } | { kind: 'parser'; label: string } | { kind: 'bad'; reason: string } {
   const j = parseJson(res.body);
   const xte = res.headers.get('x-tandem-error')?.[0];
   // A HEAD answer has no body (Node drops it): the header is all there is to check.
@@ -93,7 +93,7 @@ export function errorShape(res: ParsedResponse): { kind: 'ok' } | { kind: 'parse
   return { kind: 'bad', reason: `not the sidecar's error shape {statusCode, code, error, message}: ${esc(res.body.toString('latin1'), 150)}` };
 }
 
-export function traversalIn(url: string): string | undefined {
+function traversalIn(url: string): string | undefined {
   const cut = url.search(/[?#]/);
   const path = cut === -1 ? url : url.slice(0, cut);
   for (const seg of path.split('/')) {
@@ -108,7 +108,7 @@ export function traversalIn(url: string): string | undefined {
   return undefined;
 }
 
-export function requestExcerpt(c: FuzzCase): string {
+function requestExcerpt(c: FuzzCase): string {
   const head: Buffer[] = [];
   let n = 0;
   for (const p of c.parts) {
@@ -188,7 +188,7 @@ export function checkCase(c: FuzzCase, r: ConnResult, s: Stats): void {
   }
 }
 
-export function parseJsonCode(res: ParsedResponse): string | undefined {
+function parseJsonCode(res: ParsedResponse): string | undefined {
   const j = parseJson(res.body);
   return isRecord(j) && typeof j['code'] === 'string' ? j['code'] : undefined;
 }

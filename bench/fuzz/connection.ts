@@ -4,7 +4,7 @@ import type { FuzzCase } from './cases.ts';
 import { HOST } from './grammar.ts';
 import { ResponseStream } from './response-stream.ts';
 
-export const MAX_BYTES_IN = 32 * 1024 * 1024;
+const MAX_BYTES_IN = 32 * 1024 * 1024;
 
 export interface ConnResult {
   stream: ResponseStream;

@@ -8,12 +8,12 @@ export const SERVICE = 'fuzz';
 /** A unicode string as the latin1 string of its UTF-8 bytes (what goes on the wire). */
 export const utf8 = (s: string): string => Buffer.from(s, 'utf8').toString('latin1');
 
-export const TOKEN = 'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&\'*+-.^_`|~';
+const TOKEN = 'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&\'*+-.^_`|~';
 export const PATH_CHARS = 'abcdefghijklmnopqrstuvwxyz0123456789-._~';
 export const PRINTABLE = ' !"#$%&\'()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\]^_`abcdefghijklmnopqrstuvwxyz{|}~';
 
 export const COMMON_METHODS = ['GET', 'GET', 'GET', 'GET', 'POST', 'POST', 'PUT', 'DELETE', 'HEAD', 'OPTIONS', 'PATCH'];
-export const ODD_METHODS = ['CONNECT', 'TRACE', 'get', 'Get', 'post', 'PROPFIND', 'MKCOL', 'LOCK', 'SEARCH', 'PURGE', 'M-SEARCH', 'QUERY', 'SOURCE', 'PRI', 'LINK', 'REPORT', 'ACL', 'NOTIFY', 'MERGE'];
+const ODD_METHODS = ['CONNECT', 'TRACE', 'get', 'Get', 'post', 'PROPFIND', 'MKCOL', 'LOCK', 'SEARCH', 'PURGE', 'M-SEARCH', 'QUERY', 'SOURCE', 'PRI', 'LINK', 'REPORT', 'ACL', 'NOTIFY', 'MERGE'];
 
 export function method(r: Rng): string {
   return r.weighted<() => string>([
@@ -25,20 +25,20 @@ export function method(r: Rng): string {
   ])();
 }
 
-export const GOOD_RANGES = ['^1', '1', '1.x', '1.0.0', '*', '>=1.0.0 <2', '~1.0', '1.x || 2.x', '>=0.1', '^1.0.0-0', 'x', '1.0.x', '<2', '=1.0.0', 'v1'];
-export const BAD_RANGES = ['^2', '2.x', '<1', '>=1.0.1', 'not-a-range', '^^1', '>>1', '1.0.0.0', '||||', ' ', '%', '%%', 'a'.repeat(300), utf8('^１'), '1 - ', '@', '\u0000', '>=1 <', '~>1'];
+const GOOD_RANGES = ['^1', '1', '1.x', '1.0.0', '*', '>=1.0.0 <2', '~1.0', '1.x || 2.x', '>=0.1', '^1.0.0-0', 'x', '1.0.x', '<2', '=1.0.0', 'v1'];
+const BAD_RANGES = ['^2', '2.x', '<1', '>=1.0.1', 'not-a-range', '^^1', '>>1', '1.0.0.0', '||||', ' ', '%', '%%', 'a'.repeat(300), utf8('^１'), '1 - ', '@', '\u0000', '>=1 <', '~>1'];
 
 /** Ranges that all match 1.0.0 but are textually distinct (each is a new cache key in the proxy). */
-export function distinctRange(r: Rng): string {
+function distinctRange(r: Rng): string {
   const n = r.int(2, 999_999_999);
   return r.pick([`>=1.0.0 <${n}.0.0`, `1.x || ${n}.x`, `^1 || >=${n}`, `<=${n}.0.0`, `>=1.0.0-0 <${n}`]);
 }
 
-export function goodRange(r: Rng): string {
+function goodRange(r: Rng): string {
   return r.chance(0.5) ? distinctRange(r) : r.pick(GOOD_RANGES);
 }
 
-export function randPath(r: Rng): string {
+function randPath(r: Rng): string {
   const segs: string[] = [];
   for (let i = r.int(0, 4); i > 0; i--) segs.push(r.str(r.int(1, 12), PATH_CHARS));
   let p = segs.join('/');
@@ -117,7 +117,7 @@ export function proxyTarget(r: Rng, ctx: Ctx): { target: string; tag: Tag } {
   ])();
 }
 
-export function weirdServiceParam(r: Rng): string {
+function weirdServiceParam(r: Rng): string {
   return r.pick([SERVICE, SERVICE, '%zz', 'FUZZ', 'a'.repeat(101), 'a'.repeat(64), '..', '%2e%2e', '%00', utf8('füzz'), `${SERVICE}%2Fx`, '', 'consul', 'tandem', `fzsvc${r.int(0, 149)}`, '%E0%A4%A', 'a b']);
 }
 
@@ -155,9 +155,9 @@ export function apiTarget(r: Rng, ctx: Ctx): { method: string; target: string; b
 
 // --- headers
 
-export type HeaderSpice = (r: Rng) => [string, string][];
+type HeaderSpice = (r: Rng) => [string, string][];
 
-export function hugeValue(r: Rng): string {
+function hugeValue(r: Rng): string {
   return r.str(1, 'abc') + 'x'.repeat(r.int(1000, 40_000));
 }
 
@@ -213,7 +213,7 @@ export function baseHeaders(r: Rng, listener: Listener, ctx: Ctx): [string, stri
 
 // --- bodies
 
-export interface BodyPlan {
+interface BodyPlan {
   headers: [string, string][];
   body: Buffer;
   /** The framing is exactly right (the server reads exactly this body). */
@@ -233,7 +233,7 @@ export function chunked(r: Rng, data: Buffer, opts: { trailers?: boolean } = {})
   return Buffer.concat(parts);
 }
 
-export function randomBody(r: Rng): Buffer {
+function randomBody(r: Rng): Buffer {
   const n = r.weighted<() => number>([
     [60, () => r.int(1, 512)],
     [30, () => r.int(512, 8192)],
@@ -271,22 +271,22 @@ export function bodyPlan(r: Rng, data: Buffer | undefined, contentType: string |
 
 // --- JSON bodies for POST /v1/services
 
-export class Raw {
+class Raw {
   constructor(readonly text: string) {}
 }
 
-export class Obj {
+class Obj {
   constructor(readonly entries: [string, unknown][]) {}
 }
 
-export function toJson(v: unknown): string {
+function toJson(v: unknown): string {
   if (v instanceof Raw) return v.text;
   if (v instanceof Obj) return `{${v.entries.map(([k, x]) => `${JSON.stringify(k)}:${toJson(x)}`).join(',')}}`;
   if (Array.isArray(v)) return `[${v.map((x: unknown) => toJson(x)).join(',')}]`;
   return JSON.stringify(v) ?? 'null';
 }
 
-export function safePort(r: Rng, ctx: Ctx): number {
+function safePort(r: Rng, ctx: Ctx): number {
   const used = new Set([ctx.proxyPort, ctx.apiPort, ctx.consulPort, ctx.upstreamPort]);
   for (;;) {
     const p = r.int(20_000, 60_000);
@@ -294,12 +294,12 @@ export function safePort(r: Rng, ctx: Ctx): number {
   }
 }
 
-export const WEIRD_VALUES: readonly unknown[] = [
+const WEIRD_VALUES: readonly unknown[] = [
   null, true, false, 0, -1, 1.5, 65536, 2 ** 53, '', ' ', 'x'.repeat(300), [], new Obj([]), [1, 2], new Obj([['a', 1]]), '1.0', 'v1.0.0', '01.0.0', '../../etc', '\u0000', '🙂', 'A',
   'consul', 'tandem', new Raw('1e309'), new Raw('-0'), new Raw('1e-400'), new Raw('9'.repeat(400)), '1.0.0\n', 'a b', 'a/b', 80, '80',
 ];
 
-export function deep(r: Rng): Raw {
+function deep(r: Rng): Raw {
   const d = r.int(100, 50_000);
   return r.chance(0.5) ? new Raw('['.repeat(d) + ']'.repeat(d)) : new Raw('{"a":'.repeat(d) + '1' + '}'.repeat(d));
 }

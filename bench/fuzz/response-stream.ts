@@ -13,8 +13,8 @@ export interface ParsedResponse {
   bodyOnHead?: boolean;
 }
 
-export const STATUS_LINE = /^HTTP\/1\.1 ([1-5]\d\d) ([\t\x20-\x7e\x80-\xff]*)$/;
-export const HEADER_LINE = /^([!#$%&'*+.^_`|~0-9A-Za-z-]+):([\t\x20-\x7e\x80-\xff]*)$/;
+const STATUS_LINE = /^HTTP\/1\.1 ([1-5]\d\d) ([\t\x20-\x7e\x80-\xff]*)$/;
+const HEADER_LINE = /^([!#$%&'*+.^_`|~0-9A-Za-z-]+):([\t\x20-\x7e\x80-\xff]*)$/;
 
 export class ResponseStream {
   readonly finals: ParsedResponse[] = [];
@@ -193,7 +193,7 @@ export class ResponseStream {
   }
 }
 
-export function dechunk(buf: Buffer, start: number): { end: number; body: Buffer } | { error: string } | 'more' {
+function dechunk(buf: Buffer, start: number): { end: number; body: Buffer } | { error: string } | 'more' {
   const parts: Buffer[] = [];
   let q = start;
   for (;;) {
