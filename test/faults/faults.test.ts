@@ -1,6 +1,6 @@
 // Fault injection: kill upstreams, Consul, the Consul leader and the sidecar under load; hanging upstreams. No request may be lost.
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { after, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -10,6 +10,7 @@ import type { Sidecar } from '../../src/sidecar.ts';
 import { freePorts } from '../../src/common/free-port.ts';
 import { agentServiceIds, eventually, healthOf } from '../support/consul.ts';
 import { startLoad } from '../support/load.ts';
+import { startReadyChild, stopProc } from '../support/processes.ts';
 import { api, FAST, removeDir, spawnSidecar, startSidecar, tempDir } from '../support/sidecar.ts';
 import { startUpstream } from '../support/upstream.ts';
 
@@ -22,10 +23,9 @@ const later = (fn: () => Promise<unknown>) => cleanups.push(fn);
 
 const CHILD = fileURLToPath(new URL('../support/upstream-child.mjs', import.meta.url));
 async function childUpstream(port: number, name: string): Promise<ChildProcess> {
-  const child = spawn(process.execPath, [CHILD, String(port), name], { stdio: ['ignore', 'pipe', 'ignore'] });
-  later(async () => child.kill('SIGKILL'));
-  await new Promise<void>((r) => child.stdout?.once('data', () => r()));
-  return child;
+  const p = await startReadyChild(process.execPath, [CHILD, String(port), name], `upstream ${name}`, { stdin: 'ignore' });
+  later(() => stopProc(p, 0, 'SIGKILL'));
+  return p.child;
 }
 
 async function register(base: string, name: string, port: number, check: object = { kind: 'http', path: '/health' }): Promise<string> {

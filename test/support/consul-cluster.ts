@@ -1,9 +1,9 @@
 // A real Consul cluster on loopback addresses (servers on 127.0.0.11-13, client agents on 127.0.0.21+) for tests and demos.
-import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { installConsul } from '../../src/consul/consul-dev-agent.ts';
+import { startProc, stopProc, type Proc } from './processes.ts';
 
 export interface ClusterNode {
   name: string;
@@ -11,8 +11,8 @@ export interface ClusterNode {
   server: boolean;
   /** HTTP API, e.g. http://127.0.0.11:8500. */
   address: string;
-  child: ChildProcess | undefined;
-  exited: Promise<void> | undefined;
+  /** The running agent, if it runs. */
+  proc: Proc | undefined;
 }
 
 export interface ClusterOptions {
@@ -38,8 +38,8 @@ export class ConsulCluster {
     const servers = opts.servers ?? ['127.0.0.11', '127.0.0.12', '127.0.0.13'];
     const clients = opts.clients ?? ['127.0.0.21'];
     this.nodes = [
-      ...servers.map((ip, i) => ({ name: `server-${i + 1}`, ip, server: true, address: `http://${ip}:${port}`, child: undefined, exited: undefined })),
-      ...clients.map((ip, i) => ({ name: `client-${i + 1}`, ip, server: false, address: `http://${ip}:${port}`, child: undefined, exited: undefined })),
+      ...servers.map((ip, i) => ({ name: `server-${i + 1}`, ip, server: true, address: `http://${ip}:${port}`, proc: undefined })),
+      ...clients.map((ip, i) => ({ name: `client-${i + 1}`, ip, server: false, address: `http://${ip}:${port}`, proc: undefined })),
     ];
   }
 
@@ -73,7 +73,7 @@ export class ConsulCluster {
 
   /** The current leader's node, asked from any live server. */
   async leader(): Promise<ClusterNode | undefined> {
-    for (const s of this.servers.filter((x) => x.child)) {
+    for (const s of this.servers.filter((x) => x.proc)) {
       try {
         const res = await fetch(`${s.address}/v1/status/leader`, { signal: AbortSignal.timeout(1000) });
         const addr = (await res.json()) as string;
@@ -87,19 +87,18 @@ export class ConsulCluster {
     return undefined;
   }
 
-  /** kill -9 one node and wait until the process is gone. */
+  /** kill -9 one node (or `signal`, then SIGKILL after 30 s) and wait until the process is gone. */
   async kill(name: string, signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
     const n = this.node(name);
-    if (!n.child) return;
-    n.child.kill(signal);
-    await n.exited;
-    n.child = undefined;
+    if (!n.proc) return;
+    await stopProc(n.proc, 30_000, signal);
+    n.proc = undefined;
   }
 
   /** Starts a stopped node again (same data dir: it rejoins with its state). */
   async restart(name: string): Promise<void> {
     const n = this.node(name);
-    if (n.child) await this.kill(name);
+    if (n.proc) await this.kill(name);
     this.#spawn(n);
   }
 
@@ -119,16 +118,8 @@ export class ConsulCluster {
       ...join,
       ...(n.server ? ['-server', '-bootstrap-expect', String(this.servers.length), '-ui'] : []),
     ];
-    const child = spawn(this.#binary as string, args, { stdio: 'ignore', detached: true });
-    const killOnExit = () => child.kill('SIGKILL');
-    process.once('exit', killOnExit);
-    n.child = child;
-    n.exited = new Promise((resolve) =>
-      child.once('exit', () => {
-        process.removeListener('exit', killOnExit);
-        resolve();
-      }),
-    );
+    // Its own process group: a Ctrl-C meant for the test runner does not take the cluster down under it.
+    n.proc = startProc(this.#binary as string, args, { stdin: 'ignore', stdout: 'ignore', stderr: 'ignore', group: true });
   }
 
   async #ready(): Promise<boolean> {

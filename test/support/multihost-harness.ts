@@ -202,7 +202,7 @@ export async function startHarness(opts: HarnessOptions = {}): Promise<Harness> 
 
   const waitPassing = async (service: string, count: number, timeoutMs = 30_000): Promise<void> => {
     for (const deadline = Date.now() + timeoutMs; ; await sleep(200)) {
-      for (const s of cluster.servers.filter((x) => x.child)) {
+      for (const s of cluster.servers.filter((x) => x.proc)) {
         const rows = await getJson<unknown[]>(`${s.address}/v1/health/service/${service}?passing&stale`);
         if (rows?.length === count) return;
         if (rows) break;
