@@ -137,7 +137,8 @@ export class Metrics implements ProxyObserver {
     const key = `${service}\u0000${r.status}\u0000${r.outcome}`;
     let c = this.#children.get(key);
     if (!c) {
-      c = this.#requests.labels(service, `${Math.floor(r.status / 100)}xx`, r.outcome);
+      // No answer at all (the client left first): `none`, not a status class it never got.
+      c = this.#requests.labels(service, r.status === 0 ? 'none' : `${Math.floor(r.status / 100)}xx`, r.outcome);
       this.#children.set(key, c);
     }
     c.inc();

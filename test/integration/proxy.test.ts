@@ -412,7 +412,7 @@ describe('proxy: hostile input', () => {
       ['absolute URL to a foreign name', 'GET http://example.invalid/ HTTP/1.1\r\nHost: example.invalid\r\n\r\n', /^HTTP\/1\.1 403/],
       ['CONNECT to Consul', `CONNECT ${consulHostPort} HTTP/1.1\r\nHost: ${consulHostPort}\r\n\r\n`, /^HTTP\/1\.1 403[\s\S]*TANDEM_ERR_EGRESS_REFUSED/],
       ['long URL', `GET /safe/${'a'.repeat(9000)} HTTP/1.1\r\nHost: x\r\n\r\n`, /^HTTP\/1\.1 414/],
-      ['garbage', 'NOT HTTP AT ALL\r\n\r\n', /^HTTP\/1\.1 400/],
+      ['garbage', 'NOT HTTP AT ALL\r\n\r\n', /^HTTP\/1\.1 501[\s\S]*TANDEM_ERR_MALFORMED_REQUEST/], // an unknown method: 501 (RFC 9110 §15.6.2)
       ['dot-dot before a fragment', 'GET /safe/..#x HTTP/1.1\r\nHost: x\r\n\r\n', /^HTTP\/1\.1 400[\s\S]*TANDEM_ERR_BAD_PATH/],
       ['unknown Expect', 'GET /safe/x HTTP/1.1\r\nHost: x\r\nExpect: something-else\r\n\r\n', /^HTTP\/1\.1 417[\s\S]*TANDEM_ERR_EXPECTATION_FAILED/],
       ['failed upgrade', 'GET /safe/x HTTP/1.1\r\nHost: x\r\nUpgrade: tls/1.0\r\nConnection: upgrade\r\n\r\n', /^HTTP\/1\.1 502[\s\S]*TANDEM_ERR_UPSTREAM_FAILED/],
