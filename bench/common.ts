@@ -14,6 +14,8 @@ export const ROOT = fileURLToPath(new URL('..', import.meta.url));
 export const BIN = join(ROOT, 'bin', 'tandem.js');
 export const UPSTREAM_SCRIPT = join(ROOT, 'bench', 'upstream.ts');
 export const BARE_PROXY_SCRIPT = join(ROOT, 'bench', 'bare-proxy.ts');
+/** Tandem's engine alone (plain JS over dist/: run `npm run build` first). */
+export const ENGINE_FLOOR_SCRIPT = join(ROOT, 'bench', 'engine-floor.mjs');
 const run = promisify(execFile);
 
 // ---------------------------------------------------------------------------------------------------
@@ -647,6 +649,12 @@ export async function startNodeUpstreams(ports: readonly number[]): Promise<Proc
 export async function startBareProxy(port: number, upstreams: readonly number[], pinning: Pinning, core: number, nodeArgs: readonly string[] = []): Promise<Proc> {
   const [cmd, argv] = pinning.wrap(core, process.execPath, [...nodeArgs, '--import', 'tsx', BARE_PROXY_SCRIPT, String(port), ...upstreams.map(String)]);
   return startReadyChild(cmd, argv, 'the bare proxy');
+}
+
+/** bench/engine-floor.mjs: Tandem's engine with nothing but framing, round-robin over `upstreams`. */
+export async function startEngineFloor(port: number, upstreams: readonly number[], pinning: Pinning, core: number): Promise<Proc> {
+  const [cmd, argv] = pinning.wrap(core, process.execPath, [ENGINE_FLOOR_SCRIPT, String(port), ...upstreams.map(String)]);
+  return startReadyChild(cmd, argv, 'the engine floor');
 }
 
 /** A child that prints "ready" on stdout once it listens. */

@@ -27,7 +27,7 @@ import { ConsulDevAgent } from '../src/consul/consul-dev-agent.ts';
 import { freePorts } from '../src/common/free-port.ts';
 import {
   BODY_BYTES, BODY_PATHS, ROOT, alive, build, checkInterrupted, isInterrupted, cleanup, cpuSeconds, ensureTool, establishedTo, flagEnv, getJson, installSignalHandlers, intEnv,
-  coreBusySeconds, isRecord, log, nginxInfo, processTree, putJson, rssMb, setupPinning, sleep, startBareProxy, startNginxProxy, startNginxUpstreams, startNodeUpstreams, startSidecar, stopProc,
+  coreBusySeconds, isRecord, log, nginxInfo, processTree, putJson, rssMb, setupPinning, sleep, startBareProxy, startEngineFloor, startNginxProxy, startNginxUpstreams, startNodeUpstreams, startSidecar, stopProc,
   type BodySize, type NginxInfo, type Pinning, type Proc, type Sidecar,
 } from './common.ts';
 import { autocannonGenerator, paced, wrkGenerator, wrkPaced, type LoadGenerator, type LoadResult, type PacedResult } from './load.ts';
@@ -52,6 +52,7 @@ interface Settings {
   upstream: 'nginx' | 'node';
   nginx: boolean;
   bare: boolean;
+  floor: boolean;
   rate: number;
   rateSeconds: number;
   rateClients: ('wrk' | 'node')[];
@@ -76,6 +77,7 @@ function readSettings(): Settings {
     upstream,
     nginx: flagEnv('BENCH_NGINX', true),
     bare: flagEnv('BENCH_BARE', true),
+    floor: flagEnv('BENCH_FLOOR', true),
     rate: intEnv('BENCH_RATE', 1000, 1),
     rateSeconds: intEnv('BENCH_RATE_SECONDS', 10, 1),
     rateClients: (process.env['BENCH_RATE_CLIENTS'] ?? 'wrk')
@@ -172,7 +174,7 @@ async function sanityCheck(proxy: string): Promise<void> {
 // ---------------------------------------------------------------------------------------------------
 // Scenarios
 
-type Target = 'direct' | 'nginx' | 'bare' | 'tandem-rr' | 'tandem-sticky';
+type Target = 'direct' | 'nginx' | 'bare' | 'floor' | 'tandem-rr' | 'tandem-sticky';
 
 interface Scenario {
   key: string;
@@ -441,6 +443,7 @@ async function main(): Promise<void> {
   let upstreams: Proc | undefined;
   let nginxProxy: Proc | undefined;
   let bareProxy: Proc | undefined;
+  let floorProxy: Proc | undefined;
   let sidecar: Sidecar | undefined;
   let idleSidecar: Sidecar | undefined;
   try {
@@ -450,7 +453,7 @@ async function main(): Promise<void> {
     dir = await mkdtemp(join(tmpdir(), 'tandem-bench-'));
     // nginx's workers run as `nobody` when started by root: they must be able to traverse it.
     await chmod(dir, 0o755);
-    const [upA, upB, apiPort, proxyPort, nginxPort, barePort] = (await freePorts(6)) as [number, number, number, number, number, number];
+    const [upA, upB, apiPort, proxyPort, nginxPort, barePort, floorPort] = (await freePorts(7)) as [number, number, number, number, number, number, number];
     const load: LoadGenerator = wrkPath ? await wrkGenerator(wrkPath, dir, pinning) : autocannonGenerator();
 
     log(`upstreams (${upstreamKind}) on 127.0.0.1:${upA} and 127.0.0.1:${upB}`);
@@ -464,6 +467,10 @@ async function main(): Promise<void> {
       log(`the bare node:http + undici dispatch proxy (bench/bare-proxy.ts) on 127.0.0.1:${barePort}`);
       bareProxy = await startBareProxy(barePort, [upA, upB], pinning, PROXY_CORE);
     }
+    if (settings.floor) {
+      log(`Tandem's engine alone (bench/engine-floor.mjs: parser, pools, passthrough, no features) on 127.0.0.1:${floorPort}`);
+      floorProxy = await startEngineFloor(floorPort, [upA, upB], pinning, PROXY_CORE);
+    }
 
     log(`tandem start: api 127.0.0.1:${apiPort}, proxy 127.0.0.1:${proxyPort}, consul ${agent.address}`);
     sidecar = await startSidecar({ consul: agent.address, apiPort, proxyPort, stateDir: join(dir, 'state'), nodeName: 'bench', pinning, core: PROXY_CORE });
@@ -473,7 +480,7 @@ async function main(): Promise<void> {
     log(`registered ${SERVICE} ×2; waiting for both to be healthy`);
     await waitHealthy(sc.api, SERVICE, 2, 30_000);
     await sanityCheck(sc.proxy);
-    for (const [name, port] of [...(nginxProxy ? [['nginx', nginxPort] as const] : []), ...(bareProxy ? [['bare', barePort] as const] : [])]) {
+    for (const [name, port] of [...(nginxProxy ? [['nginx', nginxPort] as const] : []), ...(bareProxy ? [['bare', barePort] as const] : []), ...(floorProxy ? [['floor', floorPort] as const] : [])]) {
       for (const [size, path] of Object.entries(BODY_PATHS) as [BodySize, string][]) {
         const res = await fetch(`http://127.0.0.1:${port}/${SERVICE}${path}`);
         const body = Buffer.from(await res.arrayBuffer());
@@ -493,13 +500,15 @@ async function main(): Promise<void> {
         add('direct', 'direct (one upstream)', `http://127.0.0.1:${upA}${path}`);
         if (nginxProxy) add('nginx', 'nginx (1 worker, keep-alive)', `http://127.0.0.1:${nginxPort}/${SERVICE}${path}`);
         if (bareProxy) add('bare', 'bare node:http + undici (floor)', `http://127.0.0.1:${barePort}/${SERVICE}${path}`);
+        if (floorProxy) add('floor', "Tandem's engine alone (floor)", `http://127.0.0.1:${floorPort}/${SERVICE}${path}`);
         add('tandem-rr', 'tandem round-robin', `${sc.proxy}/${SERVICE}${path}`);
         if (size === '100B') add('tandem-sticky', 'tandem sticky (x-stickyid)', `${sc.proxy}/${SERVICE}${path}`, { 'x-stickyid': STICKY_ID });
       }
     }
     const bp = bareProxy;
+    const fp = floorProxy;
     const proxyPids = async (t: Target): Promise<number[] | undefined> =>
-      t === 'direct' ? undefined : t === 'nginx' ? (nginxProxy ? processTree(nginxProxy.pid) : undefined) : t === 'bare' ? (bp ? [bp.pid] : undefined) : [sc.pid];
+      t === 'direct' ? undefined : t === 'nginx' ? (nginxProxy ? processTree(nginxProxy.pid) : undefined) : t === 'bare' ? (bp ? [bp.pid] : undefined) : t === 'floor' ? (fp ? [fp.pid] : undefined) : [sc.pid];
 
     const runs = new Map<string, Measurement[]>();
     const total = scenarios.length * settings.rounds * (settings.seconds + settings.warmupSeconds);
@@ -545,6 +554,7 @@ async function main(): Promise<void> {
       ['direct', 'direct (one upstream)', `http://127.0.0.1:${upA}/`],
       ...(nginxProxy ? [['nginx', 'nginx (1 worker, keep-alive)', `http://127.0.0.1:${nginxPort}/${SERVICE}/`] as [Target, string, string]] : []),
       ...(bareProxy ? [['bare', 'bare node:http + undici (floor)', `http://127.0.0.1:${barePort}/${SERVICE}/`] as [Target, string, string]] : []),
+      ...(floorProxy ? [['floor', "Tandem's engine alone (floor)", `http://127.0.0.1:${floorPort}/${SERVICE}/`] as [Target, string, string]] : []),
       ['tandem-rr', 'tandem round-robin', `${sc.proxy}/${SERVICE}/`],
     ];
     type RateClient = 'wrk' | 'node';
@@ -710,6 +720,7 @@ async function main(): Promise<void> {
       ['stop tandem', s ? () => stopProc(s, 20_000) : undefined],
       ['stop the nginx proxy', n ? () => stopProc(n, 5_000) : undefined],
       ['stop the bare proxy', b ? () => stopProc(b, 5_000) : undefined],
+      ['stop the engine floor', floorProxy ? () => stopProc(floorProxy as Proc, 5_000) : undefined],
       ['stop the upstreams', u ? () => stopProc(u, 5_000) : undefined],
       ['stop consul', () => agent.stop()],
       ['remove the temp dir', d ? () => rm(d, { recursive: true, force: true }) : undefined],
