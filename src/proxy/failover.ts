@@ -11,19 +11,16 @@ export interface FailoverDeps {
   retryStatuses: ReadonlySet<number>;
   upstreamTimeoutMs: number;
   now: () => number;
-  acquire(subset: Subset, opts: PickOptions, maxWaitMs: number): Promise<Picked | undefined>;
+  acquire(subset: Subset, opts: PickOptions, maxWaitMs: number): Picked | undefined | Promise<Picked | undefined>;
   /** Counts an instance in flight until the returned function is called (true: a latency sample). */
   begin(e: Endpoint): (sample?: boolean) => void;
   budget: { request(service: string): void; tryRetry(service: string): boolean; hasRoom(service: string): boolean };
-  /** One try against one instance (`retryStatuses`: answers to hold back as failures). */
-  attempt(e: Endpoint, picked: Picked, remainingMs: number, retryStatuses: ReadonlySet<number> | undefined): Promise<AttemptResult>;
   /** The one feedback path (outlier detection). */
   report(e: Endpoint, outcome: 'success' | 'failure'): void;
   /** A name that led to a control plane: refused from now on. */
   learn(e: Endpoint): void;
   retried(service: string): void;
   budgetExhausted(service: string): void;
-  noneToPick(refused: ReadonlySet<string>): TandemError;
 }
 
 export interface FailoverRequest {
@@ -39,6 +36,10 @@ export interface FailoverRequest {
   idempotent: boolean;
   /** Control-plane instances: never picked. */
   refused: ReadonlySet<string>;
+  /** One try against one instance (`retryStatuses`: answers to hold back as failures). */
+  attempt(e: Endpoint, picked: Picked, remainingMs: number, retryStatuses: ReadonlySet<number> | undefined): Promise<AttemptResult>;
+  /** The error when nothing could be picked at all. */
+  noneToPick(refused: ReadonlySet<string>): TandemError;
 }
 
 /** How it ended: answered (or the client left), or the last instance's own answer to pass on, or an error to answer. */
@@ -74,9 +75,10 @@ export async function runFailover(d: FailoverDeps, r: FailoverRequest): Promise<
       break;
     }
     if (attempt > 0) d.retried(service);
-    const picked = pin !== undefined ? pinned(subset, service, pin, tried, r.refused) : await d.acquire(subset, { stickyId: r.stickyId, exclude }, remaining);
+    let picked = pin !== undefined ? pinned(subset, service, pin, tried, r.refused) : d.acquire(subset, { stickyId: r.stickyId, exclude }, remaining);
+    if (picked instanceof Promise) picked = await picked;
     if (!picked) {
-      if (attempt === 0) return { kind: 'error', error: d.noneToPick(r.refused), tries, instance };
+      if (attempt === 0) return { kind: 'error', error: r.noneToPick(r.refused), tries, instance };
       break;
     }
     const { endpoint } = picked;
@@ -91,7 +93,7 @@ export async function runFailover(d: FailoverDeps, r: FailoverRequest): Promise<
     const release = picked.release ?? d.begin(endpoint);
     let result: AttemptResult;
     try {
-      result = await d.attempt(endpoint, picked, remaining, mayRetryStatus ? d.retryStatuses : undefined);
+      result = await r.attempt(endpoint, picked, remaining, mayRetryStatus ? d.retryStatuses : undefined);
     } catch (err) {
       release(false);
       throw err;

@@ -1,5 +1,5 @@
 // The proxy on its own HTTP/1.1 engine: addressing, picking, failover, CONNECT, upgrades, egress, and the one place errors become responses.
-import { randomUUID } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { STATUS_CODES } from 'node:http';
 import type { Logger } from 'pino';
 import type { Balancer } from './balancing/balancer.ts';
@@ -67,6 +67,13 @@ export interface ProxyServerOptions {
   egress?: EgressPolicy;
 }
 
+/**
+ * Request ids made here: a random prefix per process and a counter — unique like a UUID for logs and
+ * upstreams, without a UUID's cost per request.
+ */
+const ID_PREFIX = randomBytes(6).toString('hex');
+let idCount = 0;
+
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE']);
 
 export class ProxyServer {
@@ -76,6 +83,7 @@ export class ProxyServer {
   #observer: ProxyObserver;
   #guard: ControlPlaneGuard;
   #tunnels: ProxyTunnels;
+  #failover: FailoverDeps;
   #sidecars: Subscription | undefined;
   #port = -1;
   #open = false;
@@ -94,6 +102,21 @@ export class ProxyServer {
       handle: (req) => void this.#handle(req),
       refuse: (conn, error) => this.#refuse(conn, error),
     });
+    const o = opts;
+    // Built once: per request, only the request's own fields and its attempt function are new.
+    this.#failover = {
+      retries: o.retries,
+      retryStatuses: this.#retryStatuses,
+      upstreamTimeoutMs: o.upstreamTimeoutMs,
+      now: Date.now,
+      acquire: (s, p, wait) => o.balancer.acquire(s, p, wait),
+      begin: (e) => o.balancer.begin(e),
+      budget: o.retryBudget,
+      report: (e, outcome) => this.#report(e, outcome),
+      learn: (e) => this.#guard.learn(e),
+      retried: (s) => this.#observer.retry(s),
+      budgetExhausted: (s) => this.#observer.retryBudgetExhausted(s),
+    };
     this.#tunnels = new ProxyTunnels({
       ...opts,
       guard: this.#guard,
@@ -171,7 +194,7 @@ export class ProxyServer {
     const started = performance.now();
     // A request id for logs and upstream (`x-request-id`), created when the caller sent none.
     const sent = req.header('x-request-id');
-    const requestId = sent ?? randomUUID();
+    const requestId = sent ?? `${ID_PREFIX}-${(++idCount).toString(36)}`;
     let service = '';
     let outcome: RequestOutcome = 'success';
     let tries = 0;
@@ -244,14 +267,17 @@ export class ProxyServer {
     let lines = upstreamRequestLines(h.headers, h.connection, req.remoteAddress);
     if (newId !== undefined) lines += `x-request-id: ${newId}\r\n`;
     const o = this.#o;
-    const deps: FailoverDeps = {
-      retries: o.retries,
-      retryStatuses: this.#retryStatuses,
-      upstreamTimeoutMs: o.upstreamTimeoutMs,
-      now: Date.now,
-      acquire: (s, p, wait) => o.balancer.acquire(s, p, wait),
-      begin: (e) => o.balancer.begin(e),
-      budget: o.retryBudget,
+    const r = await runFailover(this.#failover, {
+      service: target.service,
+      subset,
+      pin,
+      stickyId: req.header('x-stickyid'),
+      deadline,
+      budgetMs,
+      replayable,
+      idempotent,
+      refused: this.#guard.refusedIn(subset),
+      noneToPick: (refused) => this.#noneToPick(target, set, subset, refused),
       attempt: (endpoint, picked, remaining, retryStatuses) =>
         o.forwarder.attempt(req, {
           endpoint,
@@ -268,22 +294,6 @@ export class ProxyServer {
           deadline,
           replaySafe: replayable && idempotent,
         }),
-      report: (e, outcome) => this.#report(e, outcome),
-      learn: (e) => this.#guard.learn(e),
-      retried: (s) => this.#observer.retry(s),
-      budgetExhausted: (s) => this.#observer.retryBudgetExhausted(s),
-      noneToPick: (refused) => this.#noneToPick(target, set, subset, refused),
-    };
-    const r = await runFailover(deps, {
-      service: target.service,
-      subset,
-      pin,
-      stickyId: req.header('x-stickyid'),
-      deadline,
-      budgetMs,
-      replayable,
-      idempotent,
-      refused: this.#guard.refusedIn(subset),
     });
     if (r.kind === 'answered') {
       if (r.outcome === 'aborted' && req.bodyProblem !== undefined && req.bodyProblem !== 'aborted' && !req.headersSent) throw bodyError(req);

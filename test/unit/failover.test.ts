@@ -19,10 +19,10 @@ const held503: AttemptResult = { kind: 'failed', reason: 'answered 503', timeout
 const OK: AttemptResult = { kind: 'done', status: 200 };
 
 /** A fake world: instances answer from a script (per id, one result per try); the clock moves only when told. */
-function world(members: Endpoint[], script: Record<string, AttemptResult[]>, over: Partial<FailoverDeps> = {}) {
+function world(members: Endpoint[], script: Record<string, AttemptResult[]>) {
   const tries: string[] = [];
   const reports: string[] = [];
-  let retriesLeft = 10;
+  const retriesLeft = 10;
   let now = 1000;
   const deps: FailoverDeps = {
     retries: 2,
@@ -35,20 +35,18 @@ function world(members: Endpoint[], script: Record<string, AttemptResult[]>, ove
       return e ? { endpoint: e, moved: false } : undefined;
     },
     begin: () => () => undefined,
-    budget: { request: () => undefined, tryRetry: () => retriesLeft-- > 0, hasRoom: () => retriesLeft > 0 },
-    attempt: async (e, _picked, _remaining, retryStatuses) => {
-      tries.push(retryStatuses ? `${e.id}+hold` : e.id);
-      const r = script[e.id]?.shift() ?? OK;
-      // A held answer only comes back as a failure when the loop asked to hold it back.
-      if (r.kind === 'failed' && r.held && !retryStatuses) return { kind: 'done', status: r.held.status };
-      return r;
-    },
+    budget: { request: () => undefined, tryRetry: () => true, hasRoom: () => retriesLeft > 0 },
     report: (e, outcome) => reports.push(`${e.id}:${outcome}`),
     learn: () => undefined,
     retried: () => undefined,
     budgetExhausted: () => undefined,
-    noneToPick: () => new NoHealthyInstanceError('svc', undefined, [], []),
-    ...over,
+  };
+  let attempt: FailoverRequest['attempt'] = async (e, _picked, _remaining, retryStatuses) => {
+    tries.push(retryStatuses ? `${e.id}+hold` : e.id);
+    const r = script[e.id]?.shift() ?? OK;
+    // A held answer only comes back as a failure when the loop asked to hold it back.
+    if (r.kind === 'failed' && r.held && !retryStatuses) return { kind: 'done', status: r.held.status };
+    return r;
   };
   const request = (r: Partial<FailoverRequest> = {}): FailoverRequest => ({
     service: 'svc',
@@ -60,6 +58,8 @@ function world(members: Endpoint[], script: Record<string, AttemptResult[]>, ove
     replayable: true,
     idempotent: true,
     refused: new Set(),
+    noneToPick: () => new NoHealthyInstanceError('svc', undefined, [], []),
+    attempt: (e, picked, remaining, statuses) => attempt(e, picked, remaining, statuses),
     ...r,
   });
   return {
@@ -68,7 +68,7 @@ function world(members: Endpoint[], script: Record<string, AttemptResult[]>, ove
     tries,
     reports,
     advance: (ms: number) => (now += ms),
-    setRetries: (n: number) => (retriesLeft = n),
+    setAttempt: (f: FailoverRequest['attempt']) => (attempt = f),
   };
 }
 
@@ -134,12 +134,12 @@ test('a pinned instance is tried alone; its failure is the answer', async () => 
 });
 
 test('no retry starts after the deadline; a timeout at the deadline is not blamed on the instance', async () => {
-  const w = world([endpoint('a'), endpoint('b')], {}, {});
-  w.deps.attempt = async (e) => {
+  const w = world([endpoint('a'), endpoint('b')], {});
+  w.setAttempt(async (e) => {
     w.tries.push(e.id);
     w.advance(1500);
     return TIMEOUT;
-  };
+  });
   const r = await runFailover(w.deps, w.request());
   assert.deepEqual(w.tries, ['a']);
   assert.equal(r.kind === 'error' && r.error.code, 'TANDEM_ERR_UPSTREAM_TIMEOUT');

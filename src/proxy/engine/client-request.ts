@@ -1,6 +1,7 @@
 // One request on a client connection: its head, its body as it arrives, and the one answer written back for it.
 import type { Framing, RequestHead } from '../http1/head-types.ts';
 import type { ClientConnection } from './client-connection.ts';
+import { writeHeadAndBody } from './write-head.ts';
 
 /** Where the body's bytes go once someone reads it (an upstream connection, or a buffer). */
 export interface BodySink {
@@ -118,11 +119,7 @@ export class ClientRequest {
     if (conn.socket.destroyed) return false;
     if (body === undefined) return conn.socket.write(head, 'latin1');
     if (typeof body === 'string') return conn.socket.write(head + body, 'latin1');
-    conn.socket.cork();
-    conn.socket.write(head, 'latin1');
-    const ok = conn.socket.write(body);
-    conn.socket.uncork();
-    return ok;
+    return writeHeadAndBody(conn.socket, head, body);
   }
 
   /** Body bytes of the answer (already framed as announced); false: wait for `onDrain`. */

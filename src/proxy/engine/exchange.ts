@@ -4,6 +4,7 @@ import type { Framing, HeadLimits, ResponseHead } from '../http1/head-types.ts';
 import { parseResponseHead } from '../http1/response-head.ts';
 import type { BodySink, ClientRequest } from './client-request.ts';
 import { responseLines } from '../headers.ts';
+import { writeHeadAndBody } from './write-head.ts';
 import { CONNECT_TIMEOUT_CODE, CONTROL_PLANE_CODE, type ConnUser, type UpstreamConn, type UpstreamPool } from './upstream-pool.ts';
 
 export type RequestBody = { kind: 'none' } | { kind: 'buffer'; data: Buffer } | { kind: 'stream'; from: ClientRequest };
@@ -141,10 +142,7 @@ class Exchange implements ConnUser, BodySink {
     const s = conn.socket;
     const body = this.#o.body;
     if (body.kind === 'buffer') {
-      s.cork();
-      s.write(this.#o.head, 'latin1');
-      s.write(body.data);
-      s.uncork();
+      writeHeadAndBody(s, this.#o.head, body.data);
       this.#sent = true;
     } else {
       s.write(this.#o.head, 'latin1');
