@@ -156,10 +156,11 @@ describe('data path', () => {
     const up = await slowDownload(35, 100);
     await register('quietdl', up.port);
     await healthy('quietdl', 1);
-    await sleep(1500); // the registration's own lookups are idle by now
     const routed = async () => ((await api('GET', `${base}/v1/status`)).body as { routing: { service: string }[] }).routing.some((s) => s.service === 'quietdl');
+    // The registration's own lookups are idle: the sweep has dropped them, only the download brings it back.
+    await eventually(async () => !(await routed()), 'quietdl idle before the download', 5000);
     const pending = download('/quietdl/file');
-    await sleep(2800); // past idleMs and two sweeps
+    await sleep(2800); // on purpose: past idleMs and two sweeps, the time in which a wrong sweep would drop it
     assert.ok(await routed(), 'still in the routing table while its response streams');
     const r = await pending;
     assert.equal(r.error, undefined, `download cut: ${r.error}`);
@@ -168,11 +169,12 @@ describe('data path', () => {
   });
 
   test('(c) an instance that leaves the catalog finishes the responses in flight', async () => {
-    const up = await slowDownload(30, 100);
+    let reached = false;
+    const up = await slowDownload(30, 100, () => (reached = true));
     const id = await register('leaving', up.port);
     await healthy('leaving', 1);
     const pending = download('/leaving/file');
-    await sleep(500);
+    await eventually(() => reached || undefined, 'the download in flight at the instance', 5000);
     assert.equal((await api('DELETE', `${base}/v1/services/${id}`)).status, 200);
     await eventually(async () => ((await api('GET', `${base}/v1/instances/leaving`)).body as { instances?: unknown[] }).instances?.length === 0, 'the instance gone from the view', 5000);
     const r = await pending;

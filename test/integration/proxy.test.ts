@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { request as httpRequest } from 'node:http';
+import { request as httpRequest, type IncomingMessage } from 'node:http';
 import { connect } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { after, before, describe, test } from 'node:test';
@@ -242,7 +242,7 @@ describe('proxy: failover', () => {
         if (stop) break;
       }
     })();
-    await sleep(300);
+    await eventually(() => total >= 20 || undefined, 'load running before the kill', 10_000);
     children.get(victimPort)?.kill('SIGKILL'); // still "passing" in Consul: its check runs every 10 s
     await eventually(async () => (await instances('stream')).find((i) => i.id === victim)?.ejected === true, 'victim ejected', 5000);
     await spawnChild(victimPort);
@@ -383,13 +383,25 @@ describe('proxy: streaming', () => {
     await Promise.race([up.hangClosed, sleep(5000).then(() => assert.fail('upstream request was not closed'))]);
 
     // Clients that leave say nothing about the instance: it is not ejected, however many leave.
+    const nextStall = () =>
+      new Promise<IncomingMessage>((resolve) => {
+        const on = (req: IncomingMessage) => {
+          if (!req.url?.startsWith('/stall')) return;
+          up.server.off('request', on);
+          resolve(req);
+        };
+        up.server.on('request', on);
+      });
     for (let i = 0; i < 4; i++) {
       const c = new AbortController();
+      const reached = nextStall();
       const pending = fetch(`${proxy}/files/stall`, { signal: c.signal }).catch(() => undefined);
-      await sleep(100);
-      c.abort(); // before any response byte
+      const atApp = await Promise.race([reached, sleep(5000).then(() => assert.fail('the request did not reach the upstream'))]);
+      const closed = new Promise((r) => atApp.socket.once('close', r));
+      c.abort(); // at the app, before any response byte
       await pending;
-      await sleep(50);
+      // The proxy has dealt with the abort once it closed the upstream request.
+      await Promise.race([closed, sleep(5000).then(() => assert.fail('upstream request was not closed'))]);
     }
     assert.equal((await instances('files')).find((i) => i.port === up.port)?.ejected ?? false, false);
     assert.equal((await get('/files/x')).status, 200);
