@@ -429,6 +429,11 @@ describe('proxy: hostile input', () => {
       ['unknown Expect', 'GET /safe/x HTTP/1.1\r\nHost: x\r\nExpect: something-else\r\n\r\n', /^HTTP\/1\.1 417[\s\S]*TANDEM_ERR_EXPECTATION_FAILED/],
       ['failed upgrade', 'GET /safe/x HTTP/1.1\r\nHost: x\r\nUpgrade: tls/1.0\r\nConnection: upgrade\r\n\r\n', /^HTTP\/1\.1 502[\s\S]*TANDEM_ERR_UPSTREAM_FAILED/],
     ];
+    // An error message that echoes non-ASCII input: its Content-Length counts UTF-8 bytes (a miscount would
+    // leave this keep-alive client waiting for bytes that never come).
+    const echoed = await fetch(`${proxy}/f%C3%BCzz/x`, { signal: AbortSignal.timeout(5000) });
+    assert.equal(echoed.status, 400);
+    assert.match(((await echoed.json()) as { message: string }).message, /'füzz' is not a service name/);
     for (const [what, text, want] of cases) {
       const out = await raw(text);
       assert.match(out, want, `${what}: ${out.slice(0, 200)}`);

@@ -106,7 +106,7 @@ export class ClientRequest {
    * Writes the answer's head. `lines` are header lines, each ending in CRLF (framing fields included as
    * the body needs them: `content-length`, or `transfer-encoding: chunked` when `framing` is chunked).
    */
-  writeHead(status: number, reason: string, lines: string, framing: ResponseFraming, body?: Buffer | string): boolean {
+  writeHead(status: number, reason: string, lines: string, framing: ResponseFraming, body?: Buffer): boolean {
     const conn = this.conn;
     // Keep-alive needs a delimited body; HTTP/1.0 clients never get chunked (the upstream was asked in 1.0).
     this.#closeFraming = framing === 'close';
@@ -118,7 +118,6 @@ export class ClientRequest {
     const head = `HTTP/1.1 ${status} ${reason}${CRLF}${lines}${connection}${CRLF}`;
     if (conn.socket.destroyed) return false;
     if (body === undefined) return conn.socket.write(head, 'latin1');
-    if (typeof body === 'string') return conn.socket.write(head + body, 'latin1');
     return writeHeadAndBody(conn.socket, head, body);
   }
 
@@ -136,11 +135,10 @@ export class ClientRequest {
     });
   }
 
-  /** A whole answer in one write. */
+  /** A whole answer in one write (a string body is UTF-8: error messages may echo what the client sent). */
   respond(status: number, reason: string, lines: string, body: Buffer | string = ''): void {
-    const length = typeof body === 'string' ? Buffer.byteLength(body) : body.length;
-    const send = this.method === 'HEAD' ? '' : body;
-    this.writeHead(status, reason, `${lines}content-length: ${length}${CRLF}`, 'length', send);
+    const bytes = typeof body === 'string' ? Buffer.from(body, 'utf8') : body;
+    this.writeHead(status, reason, `${lines}content-length: ${bytes.length}${CRLF}`, 'length', this.method === 'HEAD' ? undefined : bytes);
     this.end();
   }
 
