@@ -1,5 +1,6 @@
-// The reference proxies the benches put beside Tandem: nginx (the reference local proxy) and the bare node:http + undici
-// proxy (the floor of a Node proxy). Each one: how to start it, its URL, its processes; a new row is one more starter here.
+// The reference proxies the benches put beside Tandem: nginx (the reference local proxy), the bare node:http + undici
+// proxy (the floor of a Node proxy) and Tandem's engine alone (the floor of Tandem's own data path). Each one: how to
+// start it, its URL, its processes; a new row is one more starter here (and one line in bench/run.ts).
 import { join } from 'node:path';
 import { startNodeChild } from '../test/support/child-server.ts';
 import type { Pinning } from '../test/support/host-tools.ts';
@@ -53,4 +54,11 @@ export async function startBareProxy(at: ProxyPlace, nodeArgs: readonly string[]
   const script = new URL('./bare-proxy.ts', import.meta.url).pathname;
   const proc = await startNodeChild(script, [at.port, ...at.upstreams], 'the bare proxy', { pinning: at.pinning, core: at.core, nodeArgs });
   return { key: 'bare', label: 'bare node:http + undici (floor)', port: at.port, proc, pids: async () => [proc.pid] };
+}
+
+/** bench/engine-floor.mjs: Tandem's engine with nothing but framing; plain node over dist/ (tsx would slow its parser). */
+export async function startEngineFloor(at: ProxyPlace): Promise<ReferenceProxy> {
+  const script = new URL('./engine-floor.mjs', import.meta.url).pathname;
+  const proc = await startNodeChild(script, [at.port, ...at.upstreams], 'the engine floor', { pinning: at.pinning, core: at.core, tsx: false });
+  return { key: 'floor', label: "Tandem's engine alone (floor)", port: at.port, proc, pids: async () => [proc.pid] };
 }

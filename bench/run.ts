@@ -39,7 +39,7 @@ import { withTeardown } from '../test/support/teardown.ts';
 import { benchArgs, startTandem } from '../test/support/tandem-process.ts';
 import { idleWithServices, type IdleResult } from './idle-sidecar.ts';
 import { int, loadTable, median, summarize, type Measurement, type Scenario, type Target } from './run-table.ts';
-import { startBareProxy, startNginxProxy, type ReferenceProxy } from './proxies.ts';
+import { startBareProxy, startEngineFloor, startNginxProxy, type ReferenceProxy } from './proxies.ts';
 
 const SERVICE = 'bench';
 const STICKY_ID = 'user-42';
@@ -57,6 +57,7 @@ function readSettings() {
     upstream: choiceEnv('BENCH_UPSTREAM', 'nginx', ['nginx', 'node']),
     nginx: flagEnv('BENCH_NGINX', true),
     bare: flagEnv('BENCH_BARE', true),
+    floor: flagEnv('BENCH_FLOOR', true),
     rate: intEnv('BENCH_RATE', 1000, 1),
     rateSeconds: intEnv('BENCH_RATE_SECONDS', 10, 1),
     rateClients: listEnv('BENCH_RATE_CLIENTS', ['wrk'], ['wrk', 'autocannon']),
@@ -173,7 +174,7 @@ async function main(): Promise<void> {
     const dir = await t.tempDir('tandem-bench-');
     // nginx's workers run as `nobody` when started by root: they must be able to traverse it.
     await chmod(dir, 0o755);
-    const [upA, upB, apiPort, proxyPort, ...refPorts] = (await freePorts(6)) as [number, number, number, number, number, number];
+    const [upA, upB, apiPort, proxyPort, ...refPorts] = (await freePorts(7)) as [number, number, number, number, number, number, number];
     const load: LoadGenerator = wrkPath ? await wrkGenerator(wrkPath, dir, pinning) : autocannonGenerator();
 
     log(`upstreams (${upstreamKind}) on 127.0.0.1:${upA} and 127.0.0.1:${upB}`);
@@ -189,6 +190,7 @@ async function main(): Promise<void> {
     };
     if (nginx) add(await startNginxProxy(nginx, dir, place(refPorts[0])));
     if (settings.bare) add(await startBareProxy(place(refPorts[1])));
+    if (settings.floor) add(await startEngineFloor(place(refPorts[2])));
 
     log(`tandem start: api 127.0.0.1:${apiPort}, proxy 127.0.0.1:${proxyPort}, consul ${agent.address}`);
     const args = benchArgs({ consul: agent.address, stateDir: join(dir, 'state'), nodeName: 'bench' });

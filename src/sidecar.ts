@@ -145,6 +145,8 @@ export class Sidecar {
       bodyTimeoutMs: c.proxy.bodyTimeoutMs,
       connectTimeoutMs: c.proxy.connectTimeoutMs,
       connectionsPerInstance: c.proxy.connectionsPerInstance,
+      // An upstream's answer head: larger than a request's (cookies), still bounded.
+      limits: { maxHeaderBytes: Math.max(65_536, c.proxy.maxHeaderBytes), maxUrlBytes: c.proxy.maxUrlBytes, maxHeaders: 1000 },
     });
     this.#forwarder = forwarder;
     const health = new HealthTracker({ slowStartMs: c.proxy.slowStartMs, flapThreshold: c.proxy.flap.threshold, flapWindowMs: c.proxy.flap.windowMs, flapHoldMs: c.proxy.flap.holdMs });
@@ -202,6 +204,7 @@ export class Sidecar {
       retryBufferBytes: c.proxy.retryBufferBytes,
       maxUrlBytes: c.proxy.maxUrlBytes,
       maxHeaderBytes: c.proxy.maxHeaderBytes,
+      maxHeaders: c.proxy.maxHeaders,
       headersTimeoutMs: c.proxy.headersTimeoutMs,
       upstreamTimeoutMs: c.proxy.upstreamTimeoutMs,
       requestTimeoutMs: c.proxy.requestTimeoutMs,

@@ -1,6 +1,7 @@
 // Prometheus metrics (prom-client, one registry owned here) and the proxy's access log, behind ProxyObserver.
-import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { Counter, Gauge, Registry } from 'prom-client';
 import type { Logger } from 'pino';
+import { HotCounter, HotHistogram, type HotBuckets, type HotCount } from './hot-metrics.ts';
 import type { EgressRecord, ProxyObserver, RequestRecord } from '../proxy/proxy-observer.ts';
 
 export interface MetricsSources {
@@ -23,8 +24,8 @@ export interface ConsulUsage {
  */
 export class Metrics implements ProxyObserver {
   readonly registry = new Registry();
-  #requests: Counter<'service' | 'status_class' | 'outcome'>;
-  #duration: Histogram<'service'>;
+  #requests: HotCounter;
+  #duration: HotHistogram;
   #retries: Counter<'service'>;
   #budget: Counter<'service'>;
   #ejections: Counter<'service'>;
@@ -34,18 +35,17 @@ export class Metrics implements ProxyObserver {
   readonly eventsDelivered: Counter;
   readonly promotions: Counter;
   #access: Logger | undefined;
-  /** prom-client children cached per label set: no label hashing per request. */
-  #children = new Map<string, { inc: () => void }>();
-  #durations = new Map<string, { observe: (v: number) => void }>();
+  /** Per service: its duration buckets and its counts by status and outcome (plain numbers; read at scrape time). */
+  #perService = new Map<string, { duration: HotBuckets; counts: Map<string, HotCount> }>();
 
   constructor(sources: MetricsSources, accessLog: Logger | undefined) {
     const registers = [this.registry];
     this.#access = accessLog;
-    this.#requests = new Counter({ name: 'tandem_proxy_requests_total', help: 'Proxied requests by service, status class and outcome', labelNames: ['service', 'status_class', 'outcome'], registers });
-    this.#duration = new Histogram({
+    this.#requests = new HotCounter({ name: 'tandem_proxy_requests_total', help: 'Proxied requests by service, status class and outcome', labelNames: ['service', 'status_class', 'outcome'], registers });
+    this.#duration = new HotHistogram({
       name: 'tandem_proxy_request_duration_seconds',
       help: 'Time from request to the end of the proxied response, retries included',
-      labelNames: ['service'],
+      labelName: 'service',
       buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
       registers,
     });
@@ -134,19 +134,21 @@ export class Metrics implements ProxyObserver {
 
   request(r: RequestRecord): void {
     const service = r.service || '_none';
-    const key = `${service}\u0000${r.status}\u0000${r.outcome}`;
-    let c = this.#children.get(key);
+    let s = this.#perService.get(service);
+    if (!s) {
+      s = { duration: this.#duration.child(service), counts: new Map() };
+      this.#perService.set(service, s);
+    }
+    // No answer at all (the client left first): `none`, not a status class it never got.
+    const statusClass = r.status === 0 ? 'none' : r.status < 300 && r.status >= 200 ? '2xx' : `${Math.floor(r.status / 100)}xx`;
+    const key = statusClass + r.outcome;
+    let c = s.counts.get(key);
     if (!c) {
-      c = this.#requests.labels(service, `${Math.floor(r.status / 100)}xx`, r.outcome);
-      this.#children.set(key, c);
+      c = this.#requests.child(service, statusClass, r.outcome);
+      s.counts.set(key, c);
     }
-    c.inc();
-    let h = this.#durations.get(service);
-    if (!h) {
-      h = this.#duration.labels(service);
-      this.#durations.set(service, h);
-    }
-    h.observe(r.durationMs / 1000);
+    c.n++;
+    s.duration.observe(r.durationMs / 1000);
     this.#access?.info({ reqId: r.requestId, service: r.service, method: r.method, path: r.path, status: r.status, outcome: r.outcome, tries: r.tries, instance: r.instance, ms: Math.round(r.durationMs * 1000) / 1000 }, 'access');
   }
 

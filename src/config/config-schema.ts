@@ -40,7 +40,7 @@ export const configSchema = {
     proxy: {
       type: 'object',
       additionalProperties: false,
-      required: ['listen', 'retries', 'retryStatuses', 'retryBufferBytes', 'upstreamTimeoutMs', 'bodyTimeoutMs', 'connectTimeoutMs', 'connectionsPerInstance', 'maxUrlBytes', 'maxHeaderBytes', 'ejection', 'requestTimeoutMs', 'retryBudget', 'slowStartMs', 'flap', 'broadcastTimeoutMs', 'broadcastMaxBodyBytes', 'headersTimeoutMs', 'egress'],
+      required: ['listen', 'retries', 'retryStatuses', 'retryBufferBytes', 'upstreamTimeoutMs', 'bodyTimeoutMs', 'connectTimeoutMs', 'connectionsPerInstance', 'maxUrlBytes', 'maxHeaderBytes', 'maxHeaders', 'ejection', 'requestTimeoutMs', 'retryBudget', 'slowStartMs', 'flap', 'broadcastTimeoutMs', 'broadcastMaxBodyBytes', 'headersTimeoutMs', 'egress'],
       properties: {
         listen: { type: 'string', pattern: LISTEN_PATTERN, description: 'host:port' },
         retries: { type: 'integer', minimum: 0, maximum: 10 },
@@ -52,6 +52,7 @@ export const configSchema = {
         connectionsPerInstance: { type: 'integer', minimum: 1, maximum: 10_000 },
         maxUrlBytes: { type: 'integer', minimum: 256, maximum: 1_048_576 },
         maxHeaderBytes: { type: 'integer', minimum: 1024, maximum: 1_048_576 },
+        maxHeaders: { type: 'integer', minimum: 8, maximum: 10_000 },
         ejection: {
           type: 'object',
           additionalProperties: false,
@@ -177,6 +178,7 @@ export function defaults(): Config {
       connectionsPerInstance: 64,
       maxUrlBytes: 8192,
       maxHeaderBytes: 16_384,
+      maxHeaders: 100,
       ejection: { consecutiveFailures: 3, baseEjectionMs: 2000, maxEjectionMs: 60_000, maxEjectionShare: 0.5 },
       requestTimeoutMs: 60_000,
       retryBudget: { ratio: 0.2, minPerSecond: 10, windowMs: 10_000 },

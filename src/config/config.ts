@@ -46,6 +46,8 @@ export interface Config {
     connectionsPerInstance: number;
     maxUrlBytes: number;
     maxHeaderBytes: number;
+    /** Header fields in one request head at most (more: 431). */
+    maxHeaders: number;
     ejection: { consecutiveFailures: number; baseEjectionMs: number; maxEjectionMs: number; maxEjectionShare: number };
     /** Budget of a whole request (retries included) when the caller sends no X-Tandem-Timeout-Ms. */
     requestTimeoutMs: number;

@@ -1,9 +1,10 @@
 // `X-Tandem-Broadcast: all`: one request sent to every healthy instance in range at once, answered as one JSON array.
-import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Endpoint } from './endpoint-source.ts';
+import type { ClientRequest } from './engine/client-request.ts';
+import { readBody } from './engine/read-body.ts';
 import { BadTargetError, PayloadTooLargeError } from './errors.ts';
 import { CONTROL_PLANE_CODE, type Forwarder } from './forwarder.ts';
-import { header, parseTimeout, readBody, upstreamRequestHeaders } from './headers.ts';
+import { parseTimeout, upstreamRequestLines } from './headers.ts';
 
 export interface BroadcastContext {
   forwarder: Forwarder;
@@ -17,21 +18,19 @@ export interface BroadcastContext {
 }
 
 /** Sends to every one of `targets` (already filtered: healthy, in range, no control plane); a failed instance is an entry with its error. */
-export async function broadcast(req: IncomingMessage, res: ServerResponse, path: string, targets: readonly Endpoint[], ctx: BroadcastContext): Promise<void> {
-  if (header(req, 'x-tandem-broadcast') !== 'all') throw new BadTargetError("X-Tandem-Broadcast must be 'all'");
-  const asked = header(req, 'x-tandem-timeout-ms');
+export async function broadcast(req: ClientRequest, path: string, targets: readonly Endpoint[], ctx: BroadcastContext): Promise<void> {
+  if (req.header('x-tandem-broadcast') !== 'all') throw new BadTargetError("X-Tandem-Broadcast must be 'all'");
+  const asked = req.header('x-tandem-timeout-ms');
   const timeoutMs = asked === undefined ? ctx.timeoutMs : parseTimeout(asked);
-  const body = await readBody(req, ctx.bufferBytes);
+  const body = await readBody(req, ctx.bufferBytes, timeoutMs);
   if (body.kind === 'stream') throw new PayloadTooLargeError(ctx.bufferBytes);
-  const all = upstreamRequestHeaders(req.rawHeaders, req.headers, req.socket.remoteAddress);
-  const headers: string[] = [];
-  for (let i = 0; i < all.length; i += 2) if ((all[i] as string).toLowerCase() !== 'x-tandem-broadcast') headers.push(all[i] as string, all[i + 1] as string);
+  const lines = upstreamRequestLines(req.head.headers, req.head.connection, req.remoteAddress, 'x-tandem-broadcast');
   const entries = await Promise.all(
     targets.map(async (e) => {
       const r = await ctx.forwarder.collect(e, {
-        method: req.method ?? 'GET',
+        method: req.method,
         path,
-        headers,
+        lines,
         body: body.kind === 'buffer' ? body.data : null,
         timeoutMs,
         maxBodyBytes: ctx.maxBodyBytes,
@@ -54,6 +53,5 @@ export async function broadcast(req: IncomingMessage, res: ServerResponse, path:
     }),
   );
   const out = JSON.stringify(entries);
-  res.writeHead(200, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(out), 'x-tandem-broadcast': String(entries.length) });
-  res.end(out);
+  req.respond(200, 'OK', `content-type: application/json; charset=utf-8\r\nx-tandem-broadcast: ${entries.length}\r\n`, out);
 }

@@ -9,6 +9,13 @@ export class BadTargetError extends TandemError {
   }
 }
 
+/** A request head the strict parser refused (RFC 9112): 400, or 501 for an unknown method, 505 for another HTTP version. */
+export class MalformedRequestError extends TandemError {
+  constructor(status: number, reason: string) {
+    super('TANDEM_ERR_MALFORMED_REQUEST', status, `malformed HTTP request: ${reason}`);
+  }
+}
+
 export class BadRangeError extends TandemError {
   constructor(range: string) {
     super('TANDEM_ERR_BAD_RANGE', 400, `'${range}' is not a valid semver range (try ^1.2, ~2.0.1, >=1 <3, 1.x || 2.x)`);

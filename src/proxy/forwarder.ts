@@ -1,10 +1,16 @@
-// Sends one attempt of a request to one instance with undici (keep-alive pool per instance), streaming both ways.
-import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
-import type { Duplex, Readable } from 'node:stream';
-import { Agent, buildConnector, Pool, type Dispatcher } from 'undici';
+// The upstream side of the data path: a keep-alive pool of raw sockets per instance (and per egress address), one exchange per try.
+import type { Socket } from 'node:net';
 import type { ControlPlaneGuard } from './control-plane.ts';
 import type { Endpoint } from './endpoint-source.ts';
-import { stripResponseHeaders } from './headers.ts';
+import { collectInto, type Collected } from './engine/collect.ts';
+import { exchange, type AttemptResult, type RequestBody, type ResponseTarget } from './engine/exchange.ts';
+import { UpstreamPool, type ConnUser, type UpstreamConn } from './engine/upstream-pool.ts';
+import type { HeadLimits } from './http1/head-types.ts';
+import { parseResponseHead } from './http1/response-head.ts';
+import { responseLines } from './headers.ts';
+
+export { CONTROL_PLANE_CODE } from './engine/upstream-pool.ts';
+export type { AttemptResult, HeldResponse, RequestBody } from './engine/exchange.ts';
 
 export interface ForwarderOptions {
   /** Time to wait for the upstream's response headers; beyond it, 504 (or a retry). */
@@ -15,80 +21,64 @@ export interface ForwarderOptions {
   connectionsPerInstance: number;
   /** Refuses connections whose peer is a control plane, whatever name led there (see ControlPlaneGuard). */
   guard?: ControlPlaneGuard | undefined;
+  /** Bounds on an upstream's response head. */
+  limits: HeadLimits;
 }
-
-export type RequestBody = { kind: 'none' } | { kind: 'buffer'; data: Buffer } | { kind: 'stream'; stream: Readable };
-
-/** A whole answer with a retryable status, kept while another instance is tried; passed on as is when none can be. */
-export interface HeldResponse {
-  status: number;
-  headers: Record<string, string | string[] | undefined>;
-  body: Buffer;
-}
-
-export type AttemptResult =
-  | { kind: 'done'; status: number }
-  /** The client went away first: says nothing about the instance. */
-  | { kind: 'aborted' }
-  | {
-      kind: 'failed';
-      reason: string;
-      timeout: boolean;
-      /** The request never reached the app (refused, connect timeout). */
-      unsent: boolean;
-      status?: number;
-      /** The connection reached a control plane and was cut before anything was sent. */
-      controlPlane?: boolean;
-      /** The upstream's own answer (a retryable status), read whole: what the client gets if no other try can be made. */
-      held?: HeldResponse;
-    };
 
 export interface AttemptOptions {
   /** The instance (its keep-alive pool); undefined for egress, which gives `origin` instead. */
   endpoint: Endpoint | undefined;
+  /** A host that is not a catalog service (egress): the address the policy judged. */
+  origin?: { address: string; port: number };
   method: string;
   path: string;
-  headers: string[];
+  /** Header lines (each ending in CRLF), `host` excluded unless `hostLine` is false. */
+  lines: string;
+  /** Add `host: <address>:<port>` of the instance (egress lines carry their own). */
+  hostLine: boolean;
+  /** 0: the client spoke HTTP/1.0, so the upstream is asked in 1.0 too (it then never answers chunked). */
+  versionMinor: 0 | 1;
+  /** The body is streamed with its chunked framing as it came. */
+  chunked: boolean;
   body: RequestBody;
   /** Time to wait for the response headers of this try (the smaller of the upstream timeout and the deadline). */
   timeoutMs: number;
   /** Answer with these statuses as a failure instead of passing them on (the caller will retry). */
   retryStatuses: ReadonlySet<number> | undefined;
-  /** Extra response headers (x-tandem-instance, x-tandem-sticky). */
-  extraHeaders: readonly [string, string][];
+  /** Extra response header lines (x-tandem-instance, x-tandem-sticky). */
+  extraLines: string;
   /** When the request's own deadline ends (ms since epoch): how long a draining pool lets this response finish. */
   deadline?: number;
-  /** A host that is not a catalog service (egress, no endpoint): sent through the shared egress agent to this origin (`http://<address>:<port>`). */
-  origin?: string;
+  /** Safe to send again on a fresh connection when a reused one closed before any answer. */
+  replaySafe: boolean;
 }
-
-/** A retryable answer larger than this is passed on as it streams (and not retried): holding it would cost memory. */
-const HOLD_BYTES = 65_536;
-
-const UNSENT_CODES = new Set(['ECONNREFUSED', 'UND_ERR_CONNECT_TIMEOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRNOTAVAIL', 'ENOTFOUND']);
-/** The code of the error a guarded connection fails with when its peer is a control plane. */
-export const CONTROL_PLANE_CODE = 'TANDEM_ERR_CONTROL_PLANE';
 
 interface PoolEntry {
   key: string;
-  pool: Pool;
+  pool: UpstreamPool;
   /** The latest deadline of a request sent through this pool: a retired pool is destroyed then at the latest. */
   until: number;
 }
+
+/** Egress pools are dropped when they hold no connection. */
+const IDLE_MS = 4000;
 
 export class Forwarder {
   #o: ForwarderOptions;
   #pools = new Map<string, PoolEntry>();
   /** Pools of instances that left (or moved): taking no new requests, finishing the ones in flight. */
-  #draining = new Set<Pool>();
-  #egress: Agent | undefined;
+  #draining = new Set<UpstreamPool>();
+  #egress = new Map<string, UpstreamPool>();
+  #sweep: NodeJS.Timeout;
 
   constructor(opts: ForwarderOptions) {
     this.#o = opts;
+    this.#sweep = setInterval(() => this.#sweepIdle(), 1000);
+    this.#sweep.unref();
   }
 
   /** The keep-alive pool of one instance (replaced if its address changed). */
-  pool(endpoint: Endpoint): Pool {
+  pool(endpoint: Endpoint): UpstreamPool {
     return this.#entry(endpoint).pool;
   }
 
@@ -97,25 +87,32 @@ export class Forwarder {
     const cur = this.#pools.get(endpoint.id);
     if (cur && cur.key === key) return cur;
     if (cur) this.#retire(cur);
-    const host = endpoint.address.includes(':') ? `[${endpoint.address}]` : endpoint.address;
-    const pool = new Pool(`http://${host}:${endpoint.port}`, {
-      connections: this.#o.connectionsPerInstance,
-      keepAliveTimeout: 4000,
-      connect: this.#connector(),
-    });
-    const entry = { key, pool, until: 0 };
+    const entry = { key, pool: this.#newPool(endpoint.address, endpoint.port), until: 0 };
     this.#pools.set(endpoint.id, entry);
     return entry;
   }
 
-  #connector(): buildConnector.connector | buildConnector.BuildOptions {
-    return this.#o.guard ? guardedConnector(this.#o.guard, this.#o.connectTimeoutMs) : { timeout: this.#o.connectTimeoutMs };
+  #newPool(host: string, port: number): UpstreamPool {
+    return new UpstreamPool({ host, port, max: this.#o.connectionsPerInstance, connectTimeoutMs: this.#o.connectTimeoutMs, idleMs: IDLE_MS, guard: this.#o.guard });
   }
 
-  /** The one agent for hosts that are not catalog services (a pool per origin, dropped when its connections close). */
-  #egressAgent(): Agent {
-    this.#egress ??= new Agent({ connections: this.#o.connectionsPerInstance, keepAliveTimeout: 4000, maxOrigins: 1024, connect: this.#connector() });
-    return this.#egress;
+  #egressPool(address: string, port: number): UpstreamPool {
+    const key = `${address}|${port}`;
+    let p = this.#egress.get(key);
+    if (!p) {
+      p = this.#newPool(address, port);
+      this.#egress.set(key, p);
+    }
+    return p;
+  }
+
+  #sweepIdle(): void {
+    const now = performance.now();
+    for (const e of this.#pools.values()) e.pool.sweep(now);
+    for (const [k, p] of this.#egress) {
+      p.sweep(now);
+      if (p.open === 0) this.#egress.delete(k);
+    }
   }
 
   /**
@@ -135,15 +132,12 @@ export class Forwarder {
   #retire(entry: PoolEntry): void {
     const { pool } = entry;
     this.#draining.add(pool);
-    const timer = setTimeout(() => void pool.destroy().catch(() => undefined), Math.max(0, entry.until - Date.now()));
+    const timer = setTimeout(() => void pool.destroy(), Math.max(0, entry.until - Date.now()));
     timer.unref();
-    void pool
-      .close()
-      .catch(() => undefined)
-      .finally(() => {
-        clearTimeout(timer);
-        this.#draining.delete(pool);
-      });
+    void pool.drain().finally(() => {
+      clearTimeout(timer);
+      this.#draining.delete(pool);
+    });
   }
 
   /** Pools still finishing responses for instances that left (for tests and the status view). */
@@ -152,223 +146,108 @@ export class Forwarder {
   }
 
   async close(): Promise<void> {
-    const pools = [...[...this.#pools.values()].map((p) => p.pool), ...this.#draining];
+    clearInterval(this.#sweep);
+    const pools = [...[...this.#pools.values()].map((p) => p.pool), ...this.#draining, ...this.#egress.values()];
     this.#pools.clear();
     this.#draining.clear();
-    const egress = this.#egress;
-    this.#egress = undefined;
-    await Promise.all([...pools.map((p) => p.destroy().catch(() => undefined)), egress?.destroy().catch(() => undefined)]);
+    this.#egress.clear();
+    await Promise.all(pools.map((p) => p.destroy()));
   }
 
   /**
    * One try. Resolves `failed` only while nothing was sent to the client (so the caller may fail over);
    * once the response has started it is streamed to the end (or the client connection is cut).
    */
-  attempt(req: IncomingMessage, res: ServerResponse, o: AttemptOptions): Promise<AttemptResult> {
-    return new Promise((resolve) => {
-      let controller: Dispatcher.DispatchController | undefined;
-      let started = false;
-      let retryStatus: number | undefined;
-      /** A retryable answer being read whole (see HeldResponse). */
-      let holding: { headers: Record<string, string | string[] | undefined>; chunks: Buffer[]; size: number } | undefined;
-      let holdTimer: NodeJS.Timeout | undefined;
-      let settled = false;
-      let status = 0;
-      let clientGone = false;
-      const onClientClose = () => {
-        // The client went away before the response finished: cancel the upstream request.
-        if (!res.writableFinished) {
-          clientGone = true;
-          controller?.abort(new Error('client closed the connection'));
-        }
-      };
-      const finish = (r: AttemptResult) => {
-        if (settled) return;
-        settled = true;
-        clearTimeout(holdTimer);
-        res.removeListener('close', onClientClose);
-        resolve(r);
-      };
-      const startResponse = (statusCode: number, h: Record<string, string | string[] | undefined>) => {
-        started = true;
-        for (const [k, v] of o.extraHeaders) h[k] = v;
-        res.writeHead(statusCode, h);
-        // Streams (SSE, chunked) must show their headers now, not with the first chunk. And after an
-        // automatic `100 Continue` on a pipelined response still queued behind another, node:http would
-        // put the head of a Buffer body before that 100: written now, as a string, it stays in order.
-        if (h['content-length'] === undefined || req.headers.expect !== undefined) res.flushHeaders();
-      };
-      const write = (c: Dispatcher.DispatchController, chunk: Buffer) => {
-        if (!res.write(chunk)) {
-          c.pause();
-          res.once('drain', () => c.resume());
-        }
-      };
-      res.once('close', onClientClose);
-      const timeoutMs = o.timeoutMs;
-
-      const handler: Dispatcher.DispatchHandler = {
-        onRequestStart(c) {
-          controller = c;
-          if (res.destroyed) {
-            clientGone = true;
-            c.abort(new Error('client closed the connection'));
-          }
-        },
-        onResponseStart(c, statusCode, headers) {
-          if (statusCode < 200) return; // 1xx: informational, the final answer follows
-          status = statusCode;
-          const h = stripResponseHeaders(headers as IncomingHttpHeaders) as Record<string, string | string[] | undefined>;
-          if (o.retryStatuses?.has(statusCode)) {
-            // Read whole (it is small, or it is passed on after all): if no other instance can be
-            // tried, the client gets this answer as the upstream gave it, not a proxy error.
-            retryStatus = statusCode;
-            holding = { headers: h, chunks: [], size: 0 };
-            holdTimer = setTimeout(() => c.abort(new Error(`upstream answered ${statusCode} and did not finish its body`)), timeoutMs);
-            return;
-          }
-          startResponse(statusCode, h);
-        },
-        onResponseData(c, chunk) {
-          if (holding) {
-            holding.chunks.push(chunk);
-            holding.size += chunk.length;
-            if (holding.size <= HOLD_BYTES) return;
-            // Too large to hold: passed on as it comes, and not retried.
-            const { headers: h, chunks } = holding;
-            holding = undefined;
-            retryStatus = undefined;
-            clearTimeout(holdTimer);
-            startResponse(status, h);
-            for (const part of chunks) write(c, part);
-            return;
-          }
-          write(c, chunk);
-        },
-        onResponseEnd() {
-          if (holding) {
-            const held = { status, headers: holding.headers, body: Buffer.concat(holding.chunks) };
-            holding = undefined;
-            finish({ kind: 'failed', reason: `answered ${status}`, timeout: false, unsent: false, status, held });
-            return;
-          }
-          res.end();
-          finish({ kind: 'done', status });
-        },
-        onResponseError(_c, err) {
-          if (clientGone) {
-            if (started) res.destroy();
-            finish({ kind: 'aborted' });
-            return;
-          }
-          if (started) {
-            // Mid-stream failure: nothing can be retried; cut the client so it sees a broken response.
-            res.destroy(err);
-            finish({ kind: 'done', status });
-            return;
-          }
-          if (retryStatus !== undefined) {
-            finish({ kind: 'failed', reason: `answered ${retryStatus}`, timeout: false, unsent: false, status: retryStatus });
-            return;
-          }
-          const code = (err as { code?: string }).code ?? '';
-          if (code === CONTROL_PLANE_CODE) {
-            finish({ kind: 'failed', reason: 'the instance is a control plane', timeout: false, unsent: true, controlPlane: true });
-            return;
-          }
-          const timeout = code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_CONNECT_TIMEOUT';
-          finish({
-            kind: 'failed',
-            reason: code === 'UND_ERR_HEADERS_TIMEOUT' ? `no response within ${timeoutMs} ms` : `${code || err.message}`,
-            timeout,
-            unsent: UNSENT_CODES.has(code),
-          });
-        },
-      };
-
-      const body = o.body.kind === 'none' ? null : o.body.kind === 'buffer' ? o.body.data : o.body.stream;
-      const request = {
-        path: o.path,
-        method: o.method as Dispatcher.HttpMethod,
-        headers: o.headers,
-        body,
-        headersTimeout: timeoutMs,
-        bodyTimeout: this.#o.bodyTimeoutMs,
-      };
-      if (o.endpoint === undefined) {
-        this.#egressAgent().dispatch({ ...request, origin: o.origin ?? '' }, handler);
-        return;
-      }
+  attempt(target: ResponseTarget, o: AttemptOptions): Promise<AttemptResult> {
+    let pool: UpstreamPool;
+    let host = '';
+    if (o.endpoint === undefined) {
+      const origin = o.origin as { address: string; port: number };
+      pool = this.#egressPool(origin.address, origin.port);
+    } else {
       const entry = this.#entry(o.endpoint);
-      entry.until = Math.max(entry.until, o.deadline ?? Date.now() + timeoutMs);
-      entry.pool.dispatch(request, handler);
+      entry.until = Math.max(entry.until, o.deadline ?? Date.now() + o.timeoutMs);
+      pool = entry.pool;
+    }
+    if (o.hostLine) host = `host: ${hostPort(pool.o.host, pool.o.port)}\r\n`;
+    const framing = o.chunked ? 'transfer-encoding: chunked\r\n' : '';
+    const connection = o.versionMinor === 0 ? 'connection: close\r\n' : '';
+    return exchange(pool, target, {
+      method: o.method,
+      head: `${o.method} ${o.path} HTTP/1.${o.versionMinor}\r\n${host}${o.lines}${framing}${connection}\r\n`,
+      body: o.body,
+      headersTimeoutMs: o.timeoutMs,
+      bodyTimeoutMs: this.#o.bodyTimeoutMs,
+      retryStatuses: o.retryStatuses,
+      extraLines: o.extraLines,
+      replaySafe: o.replaySafe,
+      limits: this.#o.limits,
     });
   }
 
-  /**
-   * One whole exchange with one instance, buffered (for broadcast): resolves with the response, or with
-   * the error that ended it within `timeoutMs`.
-   */
-  async collect(
-    endpoint: Endpoint,
-    o: { method: string; path: string; headers: string[]; body: Buffer | null; timeoutMs: number; maxBodyBytes: number },
-  ): Promise<{ status: number; headers: IncomingHttpHeaders; body: Buffer } | { error: { code: string; message: string } }> {
-    const signal = AbortSignal.timeout(o.timeoutMs);
-    try {
-      const r = await this.pool(endpoint).request({
-        method: o.method as Dispatcher.HttpMethod,
+  /** One whole exchange with one instance, buffered (for broadcast). */
+  collect(endpoint: Endpoint, o: { method: string; path: string; lines: string; body: Buffer | null; timeoutMs: number; maxBodyBytes: number }): Promise<Collected> {
+    return collectInto(o.maxBodyBytes, o.timeoutMs, (target) =>
+      this.attempt(target, {
+        endpoint,
+        method: o.method,
         path: o.path,
-        headers: o.headers,
-        body: o.body,
-        headersTimeout: o.timeoutMs,
-        bodyTimeout: o.timeoutMs,
-        signal,
-      });
-      const chunks: Buffer[] = [];
-      let size = 0;
-      for await (const c of r.body as AsyncIterable<Buffer>) {
-        size += c.length;
-        if (size > o.maxBodyBytes) {
-          r.body.destroy();
-          return { error: { code: 'TANDEM_ERR_BROADCAST_BODY_TOO_LARGE', message: `the response is larger than ${o.maxBodyBytes} bytes` } };
-        }
-        chunks.push(c);
-      }
-      return { status: r.statusCode, headers: stripResponseHeaders(r.headers as IncomingHttpHeaders), body: Buffer.concat(chunks) };
-    } catch (err) {
-      const code = (err as { code?: string }).code;
-      if (signal.aborted || code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') {
-        return { error: { code: 'TANDEM_ERR_UPSTREAM_TIMEOUT', message: `no complete answer within ${o.timeoutMs} ms` } };
-      }
-      if (code === CONTROL_PLANE_CODE) return { error: { code, message: 'the instance is a control plane: not proxied to' } };
-      return { error: { code: 'TANDEM_ERR_UPSTREAM_FAILED', message: code ?? (err as Error).message } };
-    }
+        lines: o.lines,
+        hostLine: true,
+        versionMinor: 1,
+        chunked: false,
+        body: o.body === null ? { kind: 'none' } : { kind: 'buffer', data: o.body },
+        timeoutMs: o.timeoutMs,
+        retryStatuses: undefined,
+        extraLines: '',
+        replaySafe: false,
+      }),
+    );
   }
 
-  /** Opens a WebSocket (or other upgrade) connection to one instance. */
-  async upgrade(endpoint: Endpoint, path: string, headers: string[], protocol: string): Promise<{ headers: IncomingHttpHeaders; socket: Duplex }> {
-    const r = await this.pool(endpoint).upgrade({ path, method: 'GET', headers, protocol, headersTimeout: this.#o.upstreamTimeoutMs } as Dispatcher.UpgradeOptions);
-    return { headers: r.headers as IncomingHttpHeaders, socket: r.socket };
+  /** Opens a WebSocket (or other upgrade) connection to one instance: its 101 head's lines, the socket, and bytes already past the head. */
+  upgrade(endpoint: Endpoint, path: string, lines: string, protocol: string): Promise<{ lines: string; socket: Socket; head: Buffer }> {
+    const pool = this.pool(endpoint);
+    const limits = this.#o.limits;
+    const timeoutMs = this.#o.upstreamTimeoutMs;
+    return pool.dedicated().then(
+      (conn) =>
+        new Promise((resolve, reject) => {
+          let buf: Buffer | undefined;
+          const timer = setTimeout(() => fail(Object.assign(new Error(`no response within ${timeoutMs} ms`), { code: 'UPGRADE_TIMEOUT' })), timeoutMs);
+          const fail = (e: Error) => {
+            clearTimeout(timer);
+            conn.user = undefined;
+            conn.socket.destroy();
+            reject(e);
+          };
+          const user: ConnUser = {
+            onData: (chunk) => {
+              buf = buf === undefined ? chunk : Buffer.concat([buf, chunk]);
+              const r = parseResponseHead(buf, 0, limits, 'GET');
+              if (r.kind === 'incomplete') return;
+              if (r.kind === 'error' || r.status !== 101) return fail(Object.assign(new Error(r.kind === 'error' ? `invalid response (${r.code})` : `answered ${r.status}, not 101`), { code: 'UPGRADE_REFUSED' }));
+              clearTimeout(timer);
+              conn.user = undefined;
+              detach(conn);
+              resolve({ lines: responseLines(r.headers, r.connection), socket: conn.socket, head: buf.subarray(r.length) });
+            },
+            onClose: () => fail(Object.assign(new Error('closed before answering the upgrade'), { code: 'ECONNRESET' })),
+            onDrain: () => undefined,
+          };
+          conn.user = user;
+          conn.socket.write(`GET ${path} HTTP/1.1\r\nhost: ${hostPort(pool.o.host, pool.o.port)}\r\n${lines}connection: upgrade\r\nupgrade: ${protocol}\r\n\r\n`, 'latin1');
+        }),
+    );
   }
 }
 
-/**
- * undici's own connector, then a look at who answered: a peer that is a control plane (after DNS, or a
- * numeric spelling of a loopback address) is cut before a byte is sent.
- */
-function guardedConnector(guard: ControlPlaneGuard, timeout: number): buildConnector.connector {
-  const connect = buildConnector({ timeout });
-  return (opts, callback) =>
-    connect(opts, (err, socket) => {
-      if (err || !socket) {
-        callback(err ?? new Error('no socket'), null);
-        return;
-      }
-      if (guard.refusesPeer(socket.remoteAddress, socket.remotePort)) {
-        socket.destroy();
-        callback(Object.assign(new Error('the instance is a control plane: not proxied to'), { code: CONTROL_PLANE_CODE }), null);
-        return;
-      }
-      callback(null, socket);
-    });
+/** The socket leaves the pool's reading (it is spliced now); the pool still counts it until it closes. */
+function detach(conn: UpstreamConn): void {
+  conn.socket.removeAllListeners('data');
+  conn.socket.removeAllListeners('drain');
+}
+
+function hostPort(host: string, port: number): string {
+  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
 }

@@ -1,43 +1,8 @@
-// Hop-by-hop header handling for both directions, on Node's flat rawHeaders arrays and undici's header objects; what a request asks for (deadline, body).
-import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
+// Hop-by-hop header handling for both directions, on the parser's flat [name, value, ...] lists; what a request asks for (deadline).
 import { BadTimeoutError } from './errors.ts';
-import type { RequestBody } from './forwarder.ts';
 
 /** Never forwarded: meaningful for one connection only (RFC 9110 §7.6.1), plus ones we set ourselves. */
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'proxy-authorization', 'proxy-authenticate', 'host', 'expect', 'http2-settings']);
-
-function connectionListed(value: string | string[] | undefined): Set<string> | undefined {
-  if (value === undefined) return undefined;
-  const v = Array.isArray(value) ? value.join(',') : value;
-  if (v === '' || v === 'keep-alive' || v === 'close') return undefined;
-  return new Set(v.toLowerCase().split(',').map((s) => s.trim()).filter(Boolean));
-}
-
-/**
- * Request headers for the upstream, as a flat [name, value, ...] array: hop-by-hop ones dropped,
- * `x-forwarded-*` added. Upgrades keep the websocket handshake headers (undici adds connection/upgrade).
- */
-export function upstreamRequestHeaders(rawHeaders: readonly string[], headers: IncomingHttpHeaders, remoteAddress: string | undefined): string[] {
-  const listed = connectionListed(headers.connection);
-  const out: string[] = [];
-  let forwardedFor: string | undefined;
-  for (let i = 0; i < rawHeaders.length; i += 2) {
-    const name = rawHeaders[i] as string;
-    const lower = name.toLowerCase();
-    if (HOP_BY_HOP.has(lower) || listed?.has(lower)) continue;
-    if (lower === 'x-forwarded-for') {
-      forwardedFor = forwardedFor ? `${forwardedFor}, ${rawHeaders[i + 1]}` : (rawHeaders[i + 1] as string);
-      continue;
-    }
-    // Set by us: x-forwarded-proto/host below, x-tandem-timeout-ms per try (what is left of the deadline).
-    if (lower === 'x-forwarded-proto' || lower === 'x-forwarded-host' || lower === 'x-tandem-timeout-ms') continue;
-    out.push(name, rawHeaders[i + 1] as string);
-  }
-  const remote = remoteAddress ?? 'unknown';
-  out.push('x-forwarded-for', forwardedFor ? `${forwardedFor}, ${remote}` : remote, 'x-forwarded-proto', 'http');
-  if (headers.host !== undefined) out.push('x-forwarded-host', headers.host);
-  return out;
-}
 
 /**
  * Response headers Tandem sets itself: an upstream's own are dropped, so a client can trust them (an
@@ -45,27 +10,61 @@ export function upstreamRequestHeaders(rawHeaders: readonly string[], headers: I
  */
 export const TANDEM_RESPONSE_HEADERS: ReadonlySet<string> = new Set(['x-tandem-error', 'x-tandem-instance', 'x-tandem-sticky', 'x-tandem-broadcast']);
 
-/** Response headers for the client: hop-by-hop ones and Tandem's own removed in place. */
-export function stripResponseHeaders(headers: IncomingHttpHeaders): IncomingHttpHeaders {
-  const listed = connectionListed(headers.connection);
-  for (const name of Object.keys(headers)) {
-    if ((HOP_BY_HOP.has(name) && name !== 'host') || listed?.has(name) || TANDEM_RESPONSE_HEADERS.has(name)) delete headers[name];
-  }
-  return headers;
+/** Set per request by us: x-forwarded-proto/host, and x-tandem-timeout-ms per try (what is left of the deadline). */
+const REPLACED = new Set(['x-forwarded-proto', 'x-forwarded-host', 'x-tandem-timeout-ms']);
+
+/** Named in a Connection field (lower case), other than the tokens that are not field names. */
+function listed(connection: readonly string[], name: string): boolean {
+  return connection.length > 0 && name !== 'close' && name !== 'keep-alive' && connection.includes(name);
 }
 
 /**
- * Request headers for a host that is not a catalog service (egress): hop-by-hop ones and Tandem's own
+ * Request header lines for an instance (`name: value\r\n` each, names lower case as parsed): hop-by-hop
+ * ones dropped, `x-forwarded-*` added. `content-length` stays (the body is passed on as it came).
+ */
+export function upstreamRequestLines(headers: readonly string[], connection: readonly string[], remoteAddress: string | undefined, drop?: string): string {
+  let out = '';
+  let forwardedFor: string | undefined;
+  let host: string | undefined;
+  for (let i = 0; i < headers.length; i += 2) {
+    const name = headers[i] as string;
+    const value = headers[i + 1] as string;
+    if (name === 'host') host ??= value;
+    if (HOP_BY_HOP.has(name) || REPLACED.has(name) || name === drop || listed(connection, name)) continue;
+    if (name === 'x-forwarded-for') {
+      forwardedFor = forwardedFor === undefined ? value : `${forwardedFor}, ${value}`;
+      continue;
+    }
+    out += `${name}: ${value}\r\n`;
+  }
+  const remote = remoteAddress ?? 'unknown';
+  out += `x-forwarded-for: ${forwardedFor === undefined ? remote : `${forwardedFor}, ${remote}`}\r\nx-forwarded-proto: http\r\n`;
+  if (host !== undefined) out += `x-forwarded-host: ${host}\r\n`;
+  return out;
+}
+
+/**
+ * Request header lines for a host that is not a catalog service (egress): hop-by-hop ones and Tandem's own
  * `x-tandem-*` dropped, `host` set to the target's authority, nothing added (no `x-forwarded-*`: the
  * proxy does not tell the outside world about the host's processes).
  */
-export function egressRequestHeaders(rawHeaders: readonly string[], headers: IncomingHttpHeaders, host: string): string[] {
-  const listed = connectionListed(headers.connection);
-  const out: string[] = ['host', host];
-  for (let i = 0; i < rawHeaders.length; i += 2) {
-    const lower = (rawHeaders[i] as string).toLowerCase();
-    if (HOP_BY_HOP.has(lower) || listed?.has(lower) || lower.startsWith('x-tandem-')) continue;
-    out.push(rawHeaders[i] as string, rawHeaders[i + 1] as string);
+export function egressRequestLines(headers: readonly string[], connection: readonly string[], host: string): string {
+  let out = `host: ${host}\r\n`;
+  for (let i = 0; i < headers.length; i += 2) {
+    const name = headers[i] as string;
+    if (HOP_BY_HOP.has(name) || listed(connection, name) || name.startsWith('x-tandem-')) continue;
+    out += `${name}: ${headers[i + 1] as string}\r\n`;
+  }
+  return out;
+}
+
+/** Response header lines for the client: hop-by-hop ones (framing fields but content-length) and Tandem's own dropped. */
+export function responseLines(headers: readonly string[], connection: readonly string[]): string {
+  let out = '';
+  for (let i = 0; i < headers.length; i += 2) {
+    const name = headers[i] as string;
+    if ((HOP_BY_HOP.has(name) && name !== 'host') || TANDEM_RESPONSE_HEADERS.has(name) || listed(connection, name)) continue;
+    out += `${name}: ${headers[i + 1] as string}\r\n`;
   }
   return out;
 }
@@ -75,20 +74,4 @@ export function parseTimeout(v: string): number {
   const n = Number(v);
   if (!/^\d{1,9}$/.test(v.trim()) || n < 1 || n > 86_400_000) throw new BadTimeoutError(v.slice(0, 50));
   return n;
-}
-
-export function header(req: IncomingMessage, name: string): string | undefined {
-  const v = req.headers[name];
-  return Array.isArray(v) ? v[0] : v;
-}
-
-/** Small bodies (by Content-Length) are read into memory so a retry can resend them; others stream. */
-export async function readBody(req: IncomingMessage, limit: number): Promise<RequestBody> {
-  const cl = req.headers['content-length'];
-  const chunked = req.headers['transfer-encoding'] !== undefined;
-  if (!chunked && (cl === undefined || cl === '0')) return { kind: 'none' };
-  if (chunked || Number(cl) > limit) return { kind: 'stream', stream: req };
-  const chunks: Buffer[] = [];
-  for await (const c of req) chunks.push(c as Buffer);
-  return { kind: 'buffer', data: Buffer.concat(chunks) };
 }

@@ -55,31 +55,42 @@ describe('pub/sub', () => {
 
     const got: Record<string, TandemEvent[]> = { a: [], b: [], c: [] };
     const latencies: number[] = [];
-    const stops = [
-      a.subscribe('orders', (_p, e) => got['a']?.push(e)),
-      b.subscribe('orders', (_p, e) => {
-        got['b']?.push(e);
-        latencies.push(Date.now() - e.ts);
-      }),
-      c.subscribe('orders', (_p, e) => got['c']?.push(e)),
-    ];
+    // subscribe() gives no signal once its stream is open: a subscriber that has received a probe
+    // published after the call is in place, so only events from then on are counted.
+    const probed = new Set<string>();
+    const record = (who: string) => (payload: unknown, e: TandemEvent) => {
+      if ((payload as { probe?: boolean }).probe) return void probed.add(who);
+      got[who]?.push(e);
+      if (who === 'b') latencies.push(Date.now() - e.ts);
+    };
+    const stops = [a.subscribe('orders', record('a')), b.subscribe('orders', record('b')), c.subscribe('orders', record('c'))];
     cleanups.push(async () => stops.forEach((s) => s()));
-    await sleep(500); // subscriptions in place: only events from now on count
+    await eventually(async () => {
+      await a.publish('orders', { probe: true });
+      return probed.size === 3 || undefined;
+    }, 'every subscription in place (a probe seen by a, b and c)', 10_000);
     const N = 500;
     const started = Date.now();
+    let published = 0;
     const publishAll = async (who: Tandem, name: string) => {
-      for (let i = 0; i < N; i++) await who.publish('orders', { from: name, n: i });
+      for (let i = 0; i < N; i++) {
+        await who.publish('orders', { from: name, n: i });
+        published++;
+      }
     };
     const publishing = Promise.all([publishAll(a, 'pa'), publishAll(b, 'pb')]);
-    await sleep(300);
+    // Killed mid-stream: after it has delivered some events, with most still to come.
+    await eventually(() => (got['c']?.length ?? 0) >= 20 || undefined, 'c receiving events before it is killed', 10_000);
     side.child.kill('SIGKILL');
     await side.exited;
-    await sleep(500);
+    // Events published while c is down are what it must catch up on.
+    const publishedAtKill = published;
+    await eventually(() => published >= publishedAtKill + 50 || published === 2 * N || undefined, 'events published while c is down', 10_000);
     side = await spawnSidecar(args, {}, { api: apiPort, proxy: proxyPort });
     await publishing;
     const publishMs = Date.now() - started;
     for (const who of ['a', 'b', 'c']) await eventually(() => (got[who]?.length ?? 0) >= 2 * N || undefined, `${who} received everything (has ${got[who]?.length})`, 20_000);
-    await sleep(300);
+    await sleep(300); // on purpose: a duplicate or stray event arriving late would show in the counts below
     for (const who of ['a', 'b', 'c']) {
       const list = got[who] ?? [];
       assert.equal(list.length, 2 * N, `${who}: ${list.length} events`);
@@ -102,6 +113,12 @@ describe('pub/sub', () => {
   });
 });
 
+/**
+ * Slack over a per-instance broadcast timeout for a loaded 2-core CI machine. Still well under
+ * proxy.broadcastTimeoutMs (5 s), which is what an ignored per-instance timeout would take.
+ */
+const BROADCAST_SLACK_MS = 2000;
+
 describe('broadcast', () => {
   test('three instances give three entries; a killed one is an error entry within the per-instance timeout', async () => {
     const ups = await Promise.all([startUpstream('cache', '1.0.0'), startUpstream('cache', '1.0.0'), startUpstream('cache', '1.1.0')]);
@@ -122,14 +139,15 @@ describe('broadcast', () => {
     await ups[0]?.close(); // gone, still passing in Consul for a while
     const t0 = Date.now();
     const partial = await a.broadcast('cache', '/ping', { timeoutMs: 1000 });
-    assert.ok(Date.now() - t0 < 1500);
+    assert.ok(Date.now() - t0 < 1000 + BROADCAST_SLACK_MS, `answered after ${Date.now() - t0} ms`);
     assert.equal(partial.length, 3);
     assert.equal(partial.filter((e) => 'error' in e).length, 1);
     assert.equal(partial.filter((e) => 'status' in e && e.status === 200).length, 2);
 
     const t1 = Date.now();
     const slow = await a.broadcast('cache@1.1', '/stall', { timeoutMs: 500 });
-    assert.ok(Date.now() - t1 < 1500);
+    const slowMs = Date.now() - t1;
+    assert.ok(slowMs >= 450 && slowMs < 500 + BROADCAST_SLACK_MS, `timed out after ${slowMs} ms`);
     assert.equal(slow.length, 1);
     assert.ok('error' in (slow[0] as object));
     assert.equal((slow[0] as { error: { code: string } }).error.code, 'TANDEM_ERR_UPSTREAM_TIMEOUT');
@@ -161,7 +179,7 @@ describe('leader election', () => {
     }
     const leaders = () => contenders.filter((c) => c.alive && c.log.filter((l) => l.kind === 'PROMOTED').length > c.log.filter((l) => l.kind === 'DEMOTED').length);
     await eventually(() => leaders().length === 1 || undefined, 'one leader', 20_000);
-    await sleep(1000);
+    await sleep(1000); // on purpose: a second contender promoted meanwhile would show here
     assert.equal(leaders().length, 1, 'exactly one leader');
     const first = leaders()[0] as Contender;
     const info = await a.leader('jobs');
@@ -174,7 +192,7 @@ describe('leader election', () => {
     const second = await eventually(() => (leaders().length === 1 ? leaders()[0] : undefined), 'another leader', 30_000);
     const promotedAt = second.log.filter((l) => l.kind === 'PROMOTED').at(-1)?.at ?? 0;
     t.diagnostic(`leader process killed → next leader promoted after ${promotedAt - killedAt} ms`);
-    await sleep(1000);
+    await sleep(1000); // on purpose, as above: still exactly one leader a while after the failover
     assert.equal(leaders().length, 1);
     // Never two promotions without a demotion in between, on any live contender.
     for (const c of contenders.filter((x) => x.alive)) {
@@ -197,10 +215,11 @@ describe('remote drain', () => {
   test('a drained node leaves ?passing with the reason; in-flight work completes; the app hears it; undrain restores', async () => {
     const app = new Tandem({ url: sidecars[1]?.api as string });
     cleanups.push(async () => app.close());
-    let release: () => void = () => undefined;
+    // Set once the slow request has reached the app (and is held there until called).
+    let releaseSlow: (() => void) | undefined;
     const server = createServer((req, res) => {
       if (req.url === '/slow') {
-        release = () => res.end('slow done');
+        releaseSlow = () => res.end('slow done');
         return;
       }
       res.end('ok');
@@ -212,10 +231,11 @@ describe('remote drain', () => {
     let undrained = 0;
     app.on('undrain', () => undrained++);
     await a.waitFor('draining', { timeoutMs: 10_000 });
-    await sleep(300); // the lifecycle stream is open
+    // The SDK gives no signal once its lifecycle stream is open (on('drain') opens it): no condition to wait for.
+    await sleep(300);
 
     const slow = fetch(`${sidecars[0]?.sidecar.addresses.proxy}/draining/slow`);
-    await eventually(() => release.name !== '' || undefined, 'slow request in flight', 5000);
+    const release = await eventually(() => releaseSlow, 'slow request in flight', 5000);
     const put = await api('PUT', `${sidecars[0]?.api}/v1/drain/host-b`, { reason: 'kernel upgrade', deadlineMs: 10_000 });
     assert.equal(put.status, 200);
     await eventually(async () => (await healthOf(consul, 'draining')).length === 0, 'left ?passing', 5000);

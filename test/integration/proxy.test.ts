@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { request as httpRequest } from 'node:http';
+import { request as httpRequest, type IncomingMessage } from 'node:http';
 import { connect } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { describe, test } from 'node:test';
@@ -225,7 +225,7 @@ describe('proxy: failover', () => {
         if (stop) break;
       }
     })();
-    await sleep(300);
+    await eventually(() => total >= 20 || undefined, 'load running before the kill', 10_000);
     children.get(victimPort)?.kill('SIGKILL'); // still "passing" in Consul: its check runs every 10 s
     await eventually(async () => (await instances('stream')).find((i) => i.id === victim)?.ejected === true, 'victim ejected', 5000);
     await spawnChild(victimPort);
@@ -366,13 +366,25 @@ describe('proxy: streaming', () => {
     await Promise.race([up.hangClosed, sleep(5000).then(() => assert.fail('upstream request was not closed'))]);
 
     // Clients that leave say nothing about the instance: it is not ejected, however many leave.
+    const nextStall = () =>
+      new Promise<IncomingMessage>((resolve) => {
+        const on = (req: IncomingMessage) => {
+          if (!req.url?.startsWith('/stall')) return;
+          up.server.off('request', on);
+          resolve(req);
+        };
+        up.server.on('request', on);
+      });
     for (let i = 0; i < 4; i++) {
       const c = new AbortController();
+      const reached = nextStall();
       const pending = fetch(`${proxy}/files/stall`, { signal: c.signal }).catch(() => undefined);
-      await sleep(100);
-      c.abort(); // before any response byte
+      const atApp = await Promise.race([reached, sleep(5000).then(() => assert.fail('the request did not reach the upstream'))]);
+      const closed = new Promise((r) => atApp.socket.once('close', r));
+      c.abort(); // at the app, before any response byte
       await pending;
-      await sleep(50);
+      // The proxy has dealt with the abort once it closed the upstream request.
+      await Promise.race([closed, sleep(5000).then(() => assert.fail('upstream request was not closed'))]);
     }
     assert.equal((await instances('files')).find((i) => i.port === up.port)?.ejected ?? false, false);
     assert.equal((await get('/files/x')).status, 200);
@@ -395,11 +407,16 @@ describe('proxy: hostile input', () => {
       ['absolute URL to a foreign name', 'GET http://example.invalid/ HTTP/1.1\r\nHost: example.invalid\r\n\r\n', /^HTTP\/1\.1 403/],
       ['CONNECT to Consul', `CONNECT ${consulHostPort} HTTP/1.1\r\nHost: ${consulHostPort}\r\n\r\n`, /^HTTP\/1\.1 403[\s\S]*TANDEM_ERR_EGRESS_REFUSED/],
       ['long URL', `GET /safe/${'a'.repeat(9000)} HTTP/1.1\r\nHost: x\r\n\r\n`, /^HTTP\/1\.1 414/],
-      ['garbage', 'NOT HTTP AT ALL\r\n\r\n', /^HTTP\/1\.1 400/],
+      ['garbage', 'NOT HTTP AT ALL\r\n\r\n', /^HTTP\/1\.1 501[\s\S]*TANDEM_ERR_MALFORMED_REQUEST/], // an unknown method: 501 (RFC 9110 §15.6.2)
       ['dot-dot before a fragment', 'GET /safe/..#x HTTP/1.1\r\nHost: x\r\n\r\n', /^HTTP\/1\.1 400[\s\S]*TANDEM_ERR_BAD_PATH/],
       ['unknown Expect', 'GET /safe/x HTTP/1.1\r\nHost: x\r\nExpect: something-else\r\n\r\n', /^HTTP\/1\.1 417[\s\S]*TANDEM_ERR_EXPECTATION_FAILED/],
       ['failed upgrade', 'GET /safe/x HTTP/1.1\r\nHost: x\r\nUpgrade: tls/1.0\r\nConnection: upgrade\r\n\r\n', /^HTTP\/1\.1 502[\s\S]*TANDEM_ERR_UPSTREAM_FAILED/],
     ];
+    // An error message that echoes non-ASCII input: its Content-Length counts UTF-8 bytes (a miscount would
+    // leave this keep-alive client waiting for bytes that never come).
+    const echoed = await fetch(`${proxy}/f%C3%BCzz/x`, { signal: AbortSignal.timeout(5000) });
+    assert.equal(echoed.status, 400);
+    assert.match(((await echoed.json()) as { message: string }).message, /'füzz' is not a service name/);
     for (const [what, text, want] of cases) {
       const out = await raw(text);
       assert.match(out, want, `${what}: ${out.slice(0, 200)}`);

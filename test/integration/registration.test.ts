@@ -74,7 +74,7 @@ describe('registration', () => {
     // Heartbeats keep it passing past several TTLs.
     for (let i = 0; i < 6; i++) {
       assert.equal((await api('PUT', `${base}/v1/services/${id}/heartbeat`)).status, 200);
-      await sleep(400);
+      await sleep(400); // on purpose: the app's heartbeat period, under the 1 s TTL (2.4 s in all)
       assert.equal(await status(), 'passing');
     }
     const notTtl = await api('POST', `${base}/v1/services`, { name: 'web', version: '1.0.0', port: svc.port });

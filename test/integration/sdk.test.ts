@@ -7,6 +7,7 @@ import { ConsulDevAgent } from '../../src/consul/consul-dev-agent.ts';
 import { freePorts } from '../../src/common/free-port.ts';
 import { Tandem, TandemError, type WatchEvent } from '../../src/sdk/index.ts';
 import { eventually, healthOf } from '../support/consul.ts';
+import { ConsulGate } from '../support/consul-gate.ts';
 import { FAST, removeDir, spawnSidecar, tempDir, type ChildSidecar } from '../support/sidecar.ts';
 
 const consul = new ConsulDevAgent();
@@ -48,17 +49,23 @@ after(async () => {
 });
 
 describe('SDK', () => {
-  test('register() listens on a free port, shows up passing with its version; close() removes it', async () => {
+  test('register() listens on a free port, shows up passing with its version, heartbeats its TTL check; close() removes it', async () => {
+    // The SDK talks to the sidecar through a forwarding gate that logs every path: its heartbeats show there.
+    const gate = new ConsulGate(`http://127.0.0.1:${ports.api}`);
+    cleanups.push(() => gate.close());
+    const counted = new Tandem({ url: await gate.start() });
+    const beats = () => gate.passed.filter((p) => p.endsWith('/heartbeat')).length;
     const server = app('greeter', '1.2.3');
-    const svc = await tandem.register('greeter@1.2.3', server, { deregisterOnSignal: false });
+    const svc = await counted.register('greeter@1.2.3', server, { deregisterOnSignal: false });
     assert.ok(server.listening);
     assert.ok(svc.port > 0);
     const row = await eventually(async () => (await healthOf(consul, 'greeter'))[0], 'greeter passing (TTL kept by the SDK)', 5000);
     assert.equal(row.Service.Port, svc.port);
     assert.equal(row.Service.Meta['version'], '1.2.3');
     assert.deepEqual(row.Service.Tags, ['v1', 'v1-2-3']);
-    await sleep(1500); // several heartbeats: stays passing
-    assert.equal((await healthOf(consul, 'greeter')).length, 1);
+    // The SDK beats at once, then every third of its 10 s TTL (3.3 s): two periodic beats, with slack.
+    await eventually(() => beats() >= 3 || undefined, 'three heartbeats', 12_000);
+    assert.equal((await healthOf(consul, 'greeter')).length, 1, 'still passing');
     await svc.close();
     assert.deepEqual(await healthOf(consul, 'greeter', false), []);
   });
@@ -109,7 +116,10 @@ describe('SDK', () => {
     const events: (WatchEvent & { at: number })[] = [];
     const stop = tandem.watch('watched@^1', (e) => events.push({ ...e, at: Date.now() }));
     cleanups.push(async () => stop());
-    await sleep(300);
+    // watch() gives no signal once its stream is open: an instance it reports proves that it is.
+    const anchor = await tandem.register('watched@1.9.0', app('watched', '1.9.0'), { deregisterOnSignal: false });
+    cleanups.push(() => anchor.close());
+    await eventually(() => events.some((e) => e.type === 'added' && e.instance.id === anchor.id), 'the watch stream open (the anchor added)', 10_000);
     const svc = await tandem.register({ name: 'watched', version: '1.0.0', check: { kind: 'ttl', ttlMs: 30_000 } }, app('watched', '1.0.0'), { deregisterOnSignal: false });
     await fetch(`http://127.0.0.1:${ports.api}/v1/services/${svc.id}/heartbeat`, { method: 'PUT' });
     const passingAt = Date.now();
@@ -124,7 +134,10 @@ describe('SDK', () => {
 
   test('waitFor() resolves when a service appears and rejects after its timeout naming what is missing', async () => {
     const waiting = tandem.waitFor(['late@^1'], { timeoutMs: 10_000 });
-    await sleep(300);
+    let settled = false;
+    void waiting.then(() => (settled = true), () => (settled = true));
+    await sleep(300); // on purpose: a waitFor() that settles while nothing is registered would show here
+    assert.equal(settled, false, 'waitFor() settled before the service existed');
     const svc = await tandem.register('late@1.0.0', app('late', '1.0.0'), { deregisterOnSignal: false });
     cleanups.push(() => svc.close());
     await waiting;

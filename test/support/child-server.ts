@@ -1,6 +1,7 @@
 // Servers run as child processes (bench upstreams, the bare proxy, the fuzz echo upstream): the child's side of the lifecycle, and the parent's.
 import type { Server } from 'node:http';
 import type { Pinning } from './host-tools.ts';
+import { readyUntilParentGoes } from './parent-watch.mjs';
 import { startReadyChild, type Proc } from './processes.ts';
 
 /**
@@ -26,29 +27,18 @@ export async function serveUntilParentGoes(ports: readonly number[], make: (i: n
         }),
     ),
   );
-  let stopping = false;
-  const stop = () => {
-    if (stopping) return;
-    stopping = true;
+  readyUntilParentGoes(() => {
     for (const s of servers) {
       s.closeAllConnections();
       s.close();
     }
     onStop();
-    // Nothing should hold the loop open, but never linger.
-    setTimeout(() => process.exit(0), 1000).unref();
-  };
-  process.on('SIGTERM', stop);
-  process.on('SIGINT', stop);
-  process.stdin.on('end', stop);
-  process.stdin.on('error', stop);
-  process.stdin.resume();
-  process.stdout.write('ready\n');
+  });
 }
 
-/** In the parent: `node --import tsx <script> <args>` (on `core` when pinning), resolved once it printed "ready". */
-export function startNodeChild(script: string, args: readonly (string | number)[], what: string, o: { pinning?: Pinning; core?: number; nodeArgs?: readonly string[] } = {}): Promise<Proc> {
-  const argv = [...(o.nodeArgs ?? []), '--import', 'tsx', script, ...args.map(String)];
+/** In the parent: `node --import tsx <script> <args>` (plain node with `tsx: false`; on `core` when pinning), resolved once it printed "ready". */
+export function startNodeChild(script: string, args: readonly (string | number)[], what: string, o: { pinning?: Pinning; core?: number; nodeArgs?: readonly string[]; tsx?: boolean } = {}): Promise<Proc> {
+  const argv = [...(o.nodeArgs ?? []), ...(o.tsx === false ? [] : ['--import', 'tsx']), script, ...args.map(String)];
   const [cmd, full] = o.pinning && o.core !== undefined ? o.pinning.wrap(o.core, process.execPath, argv) : [process.execPath, argv];
   return startReadyChild(cmd, full, what);
 }

@@ -17,7 +17,7 @@ export interface Load {
  * Runs `workers` loops of sequential requests until stop() (or `maxRequests` / `maxMs`). With
  * `retryRefused`, a request that got no response because the proxy itself was restarting — the
  * connection refused, or an idle keep-alive connection closed by the stopping sidecar just as the
- * request went out (ECONNRESET before any response byte: no handler saw it) — is retried, as a client
+ * request went out (ECONNRESET, or undici's UND_ERR_SOCKET for a FIN, before any response byte: no handler saw it) — is retried, as a client
  * library does for a GET; anything else that is not 2xx, including a response cut after it began, is
  * a failure.
  */
@@ -39,7 +39,7 @@ export function startLoad(url: string | (() => string), opts: { workers?: number
         else result.failures.push({ at: Date.now(), status: res.status, code: res.headers.get('x-tandem-error') });
       } catch (err) {
         const code = (err as { cause?: { code?: string } }).cause?.code;
-        if (opts.retryRefused && (code === 'ECONNREFUSED' || (code === 'ECONNRESET' && !responded))) {
+        if (opts.retryRefused && (code === 'ECONNREFUSED' || ((code === 'ECONNRESET' || code === 'UND_ERR_SOCKET') && !responded))) {
           await sleep(20);
           continue;
         }

@@ -107,12 +107,12 @@ test('maxInFlight: a full instance is skipped, then requests queue, then 503 OVE
   assert.deepEqual([p1?.endpoint.id, p2?.endpoint.id].sort(), ['a', 'b']);
   assert.equal(b.pick(subset), undefined, 'both full');
   const queued = b.acquire(subset);
-  await assert.rejects(b.acquire(subset), (err: unknown) => err instanceof OverloadedError && err.statusCode === 503 && err.code === 'TANDEM_ERR_OVERLOADED' && err.retryAfterS === 1);
+  await assert.rejects(async () => b.acquire(subset), (err: unknown) => err instanceof OverloadedError && err.statusCode === 503 && err.code === 'TANDEM_ERR_OVERLOADED' && err.retryAfterS === 1);
   p1?.release?.();
   const p3 = await queued;
   assert.equal(p3?.endpoint.id, p1?.endpoint.id, 'the freed slot goes to the waiter');
   const started = Date.now();
-  await assert.rejects(b.acquire(subset), OverloadedError);
+  await assert.rejects(async () => b.acquire(subset), OverloadedError);
   assert.ok(Date.now() - started >= 190, 'waited for the queue timeout');
   assert.deepEqual(events, ['overloaded users', 'queued users', 'queued users', 'overloaded users']);
   // Nothing healthy at all is not "overloaded": undefined, as before.

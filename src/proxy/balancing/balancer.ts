@@ -109,12 +109,17 @@ export class Balancer {
    * When every candidate is at its maxInFlight, waits in the bounded queue (at most `maxWaitMs`) and
    * rejects with OverloadedError past it. Undefined when nothing is pickable at all.
    */
-  async acquire(subset: Subset, opts: PickOptions = {}, maxWaitMs = Infinity): Promise<Picked | undefined> {
+  acquire(subset: Subset, opts: PickOptions = {}, maxWaitMs = Infinity): Picked | undefined | Promise<Picked | undefined> {
     const now = this.#pick(subset, opts, false);
     const sticky = opts.stickyId !== undefined;
+    // Picked at once (the common case): no promise, no microtask.
     if (now) return this.#track(now, sticky);
     // Full, or nothing to pick at all? Only the first waits.
     if (!this.#pick(subset, opts, true)) return undefined;
+    return this.#wait(subset, opts, sticky, maxWaitMs);
+  }
+
+  async #wait(subset: Subset, opts: PickOptions, sticky: boolean, maxWaitMs: number): Promise<Picked | undefined> {
     const service = subset.members[0]?.service ?? '';
     const started = performance.now();
     try {
