@@ -68,15 +68,21 @@ async function load(path: string, total: number, concurrency: number, headers: R
   return out;
 }
 
+/** Two 2 ms instances and one 80 ms instance of `service`, registered and healthy. */
+async function twoFastOneSlow(service: string): Promise<Slow[]> {
+  const ups = [await startSlow(2), await startSlow(2), await startSlow(80)];
+  for (const u of ups) await register(service, u.port);
+  await waitHealthy(service, 3);
+  return ups;
+}
+
 function shares(ups: Slow[], total: number): string {
   return ups.map((u) => `${u.port}: ${u.served} (${((100 * u.served) / total).toFixed(1)} %)`).join(', ');
 }
 
 describe('least-loaded vs round-robin with one slow instance', () => {
   test('least-loaded: an 80 ms instance among two 2 ms peers gets at most 10 % of 400 requests', async () => {
-    const ups = [await startSlow(2), await startSlow(2), await startSlow(80)];
-    for (const u of ups) await register('fastslow-ll', u.port);
-    await waitHealthy('fastslow-ll', 3);
+    const ups = await twoFastOneSlow('fastslow-ll');
     const answers = await load('/fastslow-ll/x', 400, 8);
     assert.ok(answers.every((a) => a.status === 200));
     const slow = ups[2] as Slow;
@@ -93,9 +99,7 @@ describe('least-loaded vs round-robin with one slow instance', () => {
   });
 
   test('round-robin (the default): even counts', async () => {
-    const ups = [await startSlow(2), await startSlow(2), await startSlow(80)];
-    for (const u of ups) await register('fastslow-rr', u.port);
-    await waitHealthy('fastslow-rr', 3);
+    const ups = await twoFastOneSlow('fastslow-rr');
     const answers = await load('/fastslow-rr/x', 399, 8);
     assert.ok(answers.every((a) => a.status === 200));
     console.log(`round-robin shares: ${shares(ups, 399)}`);

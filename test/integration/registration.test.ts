@@ -2,6 +2,7 @@
 import assert from 'node:assert/strict';
 import { after, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
+import type { Sidecar } from '../../src/sidecar.ts';
 import { agentServiceIds, eventually, healthOf, useConsul } from '../support/consul.ts';
 import { api, removeDir, startService, startSidecar, tempDir } from '../support/sidecar.ts';
 
@@ -11,14 +12,20 @@ after(async () => {
   for (const c of cleanups.reverse()) await c().catch(() => undefined);
 });
 
+/** A sidecar on the file's Consul for one test, closed (and its state dir removed) after the file's tests. */
+async function testSidecar(opts: Parameters<typeof startSidecar>[1] = {}): Promise<{ sidecar: Sidecar; api: string }> {
+  const { sidecar, api: base, stateDir } = await startSidecar(consul.address, opts);
+  cleanups.push(() => sidecar.close(), () => removeDir(stateDir));
+  return { sidecar, api: base };
+}
+
 describe('registration', () => {
   test('a config service and an API service appear passing with version meta and tags', async () => {
     const a = await startService('users', '1.2.3');
     const b = await startService('orders', '2.0.1');
     cleanups.push(a.close, b.close);
     const configServices = JSON.stringify([{ name: 'users', version: '1.2.3', port: a.port, tags: ['blue'], check: { kind: 'http', path: '/health' } }]);
-    const { sidecar, api: base, stateDir } = await startSidecar(consul.address, { args: ['--set', `services=${configServices}`] });
-    cleanups.push(() => sidecar.close(), () => removeDir(stateDir));
+    const { sidecar, api: base } = await testSidecar({ args: ['--set', `services=${configServices}`] });
 
     const posted = await api('POST', `${base}/v1/services`, { name: 'orders', version: '2.0.1', port: b.port, meta: { team: 'shop' } });
     assert.equal(posted.status, 201);
@@ -60,8 +67,7 @@ describe('registration', () => {
   test('a TTL check goes critical without heartbeats and passes with them', async () => {
     const svc = await startService('jobs', '0.3.0');
     cleanups.push(svc.close);
-    const { sidecar, api: base, stateDir } = await startSidecar(consul.address);
-    cleanups.push(() => sidecar.close(), () => removeDir(stateDir));
+    const { sidecar, api: base } = await testSidecar();
     const res = await api('POST', `${base}/v1/services`, { name: 'jobs', version: '0.3.0', port: svc.port, check: { kind: 'ttl', ttlMs: 1000 } });
     assert.equal(res.status, 201);
     const id = (res.body as { id: string }).id;
@@ -87,8 +93,7 @@ describe('registration', () => {
   test('bad input gets 400/404 with a stable code and leaves the catalog unchanged', async () => {
     const svc = await startService('keep', '1.0.0');
     cleanups.push(svc.close);
-    const { sidecar, api: base, stateDir } = await startSidecar(consul.address);
-    cleanups.push(() => sidecar.close(), () => removeDir(stateDir));
+    const { sidecar, api: base } = await testSidecar();
     assert.equal((await api('POST', `${base}/v1/services`, { name: 'keep', version: '1.0.0', port: svc.port })).status, 201);
     const before = await agentServiceIds(consul);
 
@@ -145,8 +150,7 @@ describe('registration', () => {
   test('a registration posted while Consul is down is accepted (202) and appears once Consul is up', async () => {
     const svc = await startService('late', '1.0.0');
     cleanups.push(svc.close);
-    const { sidecar, api: base, stateDir } = await startSidecar(consul.address);
-    cleanups.push(() => sidecar.close(), () => removeDir(stateDir));
+    const { sidecar, api: base } = await testSidecar();
     await consul.stop();
     try {
       const res = await api('POST', `${base}/v1/services`, { name: 'late', version: '1.0.0', port: svc.port });
@@ -180,8 +184,7 @@ describe('registration', () => {
 
   test('with an API token, every route but health needs it', async () => {
     const token = 'tok-0123456789abcdef';
-    const { sidecar, api: base, stateDir } = await startSidecar(consul.address, { args: ['--set', `api.token=${token}`] });
-    cleanups.push(() => sidecar.close(), () => removeDir(stateDir));
+    const { sidecar, api: base } = await testSidecar({ args: ['--set', `api.token=${token}`] });
     assert.equal((await fetch(`${base}/v1/health`)).status, 200);
     const denied = await fetch(`${base}/v1/services`);
     assert.equal(denied.status, 401);
