@@ -1,6 +1,5 @@
 // The SDK's transport to the sidecar's control API: JSON calls, server-sent event streams, credentials (internal to tandem/sdk).
 import { readFileSync } from 'node:fs';
-import type { IncomingMessage } from 'node:http';
 import { TandemError } from '../protocol/tandem-error.ts';
 import type { ErrorBody } from '../protocol/wire.ts';
 import { ControlHttp, readText } from './control-http.ts';
@@ -125,18 +124,6 @@ export class SidecarClient {
   }
 
   /**
-   * Opens one request to the control API (never through a proxy) and resolves with its response head.
-   *
-   * @example
-   * ```ts
-   * const res = await client.open('POST', '/v1/services/a/liveness', { stream: true, unref: true, signal });
-   * ```
-   */
-  open(method: string, path: string, o: { signal?: AbortSignal; stream?: boolean; unref?: boolean } = {}): Promise<IncomingMessage> {
-    return this.#http.open(path, { method, headers: this.headers(), ...o });
-  }
-
-  /**
    * Reads a server-sent event stream, reconnecting (with backoff) until `signal` aborts. The promise
    * resolves at the first `ack` event (never, without one), and rejects with the signal's reason when
    * the stream is stopped before it (it is always handled: awaiting it is optional).
@@ -158,7 +145,7 @@ export class SidecarClient {
       let delay = 100;
       while (!signal.aborted) {
         try {
-          const res = await this.open(o.method ?? 'GET', o.path(), { signal, stream: true, unref: o.unref === true });
+          const res = await this.#http.open(o.path(), { method: o.method ?? 'GET', headers: this.headers(), signal, stream: true, unref: o.unref });
           const status = res.statusCode ?? 0;
           if (status < 200 || status > 299) throw errorFrom(status, await readText(res));
           delay = 100;
