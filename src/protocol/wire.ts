@@ -199,11 +199,17 @@ export interface LeaderInfo {
  * @example
  * ```ts
  * const e = tandem.elect('jobs', opts);
+ * await e.ready; // the sidecar is campaigning (promotion, if it comes, is onPromote's)
  * if (e.leader) await e.resign();
  * ```
  */
 export interface Election {
   readonly leader: boolean;
+  /**
+   * Resolves once the sidecar has started the campaign; pending while it cannot be reached, rejects
+   * with an `AbortError` if the campaign ends first (awaiting it is optional).
+   */
+  readonly ready: Promise<void>;
   resign(): Promise<void>;
 }
 

@@ -2,6 +2,7 @@
 import { readFileSync } from 'node:fs';
 import { TandemError } from '../protocol/tandem-error.ts';
 import type { ErrorBody } from '../protocol/wire.ts';
+import { ControlHttp, readText } from './control-http.ts';
 
 const DEFAULT_API = 'http://127.0.0.1:7701';
 
@@ -22,7 +23,7 @@ export function normalizeUrl(v: string): string {
  *
  * @example
  * ```ts
- * client.stream({ path: () => '/v1/lifecycle', onEvent: (e, d) => console.log(e, d), signal: ctrl.signal });
+ * const ready = client.stream({ path: () => '/v1/lifecycle', ack: 'state', onEvent: (e, d) => console.log(e, d), signal: ctrl.signal });
  * ```
  */
 export interface StreamOptions {
@@ -36,6 +37,15 @@ export interface StreamOptions {
   method?: string;
   /** After the connection is lost, before the reconnect. */
   onDisconnect?: (() => void) | undefined;
+  /**
+   * The event the route sends once the stream is in place on the sidecar (its listeners attached, its
+   * starting point taken): the first one resolves the promise `stream()` returns.
+   */
+  ack?: string | undefined;
+  /** The stream never keeps the process running: neither its socket nor its reconnect timer. */
+  unref?: boolean | undefined;
+  /** The longest wait between reconnects (default 2 s). */
+  maxDelayMs?: number | undefined;
 }
 
 /**
@@ -80,11 +90,13 @@ export class SidecarClient {
   readonly url: string;
   #token: string | undefined;
   #consulToken: string | undefined;
+  #http: ControlHttp;
 
   constructor(opts: { url?: string | undefined; token?: string | undefined; consulToken?: string | undefined }) {
     this.url = normalizeUrl(opts.url ?? process.env['TANDEM_API'] ?? DEFAULT_API);
     this.#token = opts.token ?? process.env['TANDEM_API_TOKEN'];
     this.#consulToken = (opts.consulToken ?? envConsulToken()) || undefined;
+    this.#http = new ControlHttp(this.url);
   }
 
   /** The control API's headers (never sent to services: requests to them build their own). */
@@ -96,44 +108,64 @@ export class SidecarClient {
 
   /** One JSON call; `accept` lists non-2xx statuses whose body is still the answer (a degraded health). */
   async api<T>(method: string, path: string, body?: unknown, accept: readonly number[] = []): Promise<T> {
-    const init: RequestInit = { method, headers: this.headers() };
-    if (body !== undefined) {
-      init.body = JSON.stringify(body);
-      init.headers = { ...this.headers(), 'content-type': 'application/json' };
-    }
-    let res: Response;
+    const payload = body === undefined ? undefined : JSON.stringify(body);
+    const headers = payload === undefined ? this.headers() : { ...this.headers(), 'content-type': 'application/json' };
+    let status: number;
+    let text: string;
     try {
-      res = await fetch(`${this.url}${path}`, init);
+      const res = await this.#http.open(path, { method, headers, body: payload });
+      status = res.statusCode ?? 0;
+      text = await readText(res);
     } catch (err) {
       throw this.unreachable(err);
     }
-    if (!res.ok && !accept.includes(res.status)) throw await toError(res);
-    return (await res.json()) as T;
+    if ((status < 200 || status > 299) && !accept.includes(status)) throw errorFrom(status, text);
+    return JSON.parse(text) as T;
   }
 
-  /** Reads a server-sent event stream, reconnecting (with backoff) until `signal` aborts. */
-  stream(o: StreamOptions): void {
+  /**
+   * Reads a server-sent event stream, reconnecting (with backoff) until `signal` aborts. The promise
+   * resolves at the first `ack` event (never, without one), and rejects with the signal's reason when
+   * the stream is stopped before it (it is always handled: awaiting it is optional).
+   */
+  stream(o: StreamOptions): Promise<void> {
     const { signal } = o;
+    let acked: () => void = () => undefined;
+    const ready = new Promise<void>((resolve, reject) => {
+      acked = resolve;
+      if (signal.aborted) reject(signal.reason);
+      else signal.addEventListener('abort', () => reject(signal.reason), { once: true });
+    });
+    ready.catch(() => undefined);
+    const onEvent = (event: string, data: string) => {
+      if (event === o.ack) acked();
+      o.onEvent(event, data);
+    };
     void (async () => {
       let delay = 100;
       while (!signal.aborted) {
         try {
-          const res = await fetch(`${this.url}${o.path()}`, { method: o.method ?? 'GET', headers: this.headers(), signal });
-          if (!res.ok || !res.body) throw await toError(res);
+          const res = await this.#http.open(o.path(), { method: o.method ?? 'GET', headers: this.headers(), signal, stream: true, unref: o.unref });
+          const status = res.statusCode ?? 0;
+          if (status < 200 || status > 299) throw errorFrom(status, await readText(res));
           delay = 100;
-          const decoder = new TextDecoder();
-          const feed = sseParser(o.onEvent);
-          for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) feed(decoder.decode(chunk, { stream: true }));
+          res.setEncoding('utf8');
+          const feed = sseParser(onEvent);
+          for await (const chunk of res) feed(chunk as string);
         } catch (err) {
           if (signal.aborted) return;
           o.onError?.(err instanceof TandemError ? err : this.unreachable(err));
         }
         if (signal.aborted) return;
         o.onDisconnect?.();
-        await new Promise((r) => setTimeout(r, delay));
-        delay = Math.min(delay * 2, 2000);
+        await new Promise((r) => {
+          const t = setTimeout(r, delay);
+          if (o.unref) t.unref();
+        });
+        delay = Math.min(delay * 2, o.maxDelayMs ?? 2000);
       }
     })();
+    return ready;
   }
 
   /** The error for a sidecar that does not answer at all. */
@@ -152,13 +184,32 @@ export class SidecarClient {
  * ```
  */
 export async function toError(res: Response): Promise<TandemError> {
+  let text = '';
+  try {
+    text = await res.text();
+  } catch {
+    // the body broke off: the status still says what happened
+  }
+  return errorFrom(res.status, text);
+}
+
+/**
+ * A non-2xx answer's status and body as a {@link TandemError}.
+ *
+ * @example
+ * ```ts
+ * errorFrom(404, '{"code":"TANDEM_ERR_SERVICE_NOT_FOUND","statusCode":404,"message":"..."}');
+ * ```
+ */
+export function errorFrom(status: number, text: string): TandemError {
   let body: Partial<ErrorBody> = {};
   try {
-    body = (await res.json()) as Partial<ErrorBody>;
+    const parsed: unknown = JSON.parse(text);
+    if (parsed !== null && typeof parsed === 'object') body = parsed as Partial<ErrorBody>;
   } catch {
     // not JSON
   }
-  return new TandemError(body.code ?? 'TANDEM_ERR_HTTP', body.statusCode ?? res.status, body.message ?? `the sidecar answered ${res.status}`);
+  return new TandemError(body.code ?? 'TANDEM_ERR_HTTP', body.statusCode ?? status, body.message ?? `the sidecar answered ${status}`);
 }
 
 /** `CONSUL_HTTP_TOKEN`, else the content of `CONSUL_HTTP_TOKEN_FILE` (as the consul CLI reads them). */

@@ -17,6 +17,27 @@ export interface WatchEvent {
 }
 
 /**
+ * What {@link Tandem.watch} and {@link Tandem.subscribe} return: call it to stop the stream. `ready`
+ * resolves once the sidecar has the stream in place — for a watch, its first `reset` (the current
+ * instances) has arrived; for a subscription, its starting cursor has, so every event published from
+ * then on is delivered. It stays pending while the sidecar cannot be reached (`onError` reports each
+ * attempt), resolves once (a later reconnect does not reset it), and rejects with an `AbortError` if
+ * the stream is stopped first; awaiting it is optional.
+ *
+ * @example
+ * ```ts
+ * const stop = tandem.subscribe('orders.created', (payload) => console.log(payload));
+ * await stop.ready;                          // in place on the sidecar
+ * await tandem.publish('orders.created', 1); // delivered to the handler above
+ * stop();
+ * ```
+ */
+export interface StreamHandle {
+  (): void;
+  readonly ready: Promise<void>;
+}
+
+/**
  * `users@^2` → `{ service: 'users', range: '^2' }`.
  *
  * @example
@@ -30,14 +51,15 @@ export function splitTarget(target: string): { service: string; range: string } 
 }
 
 /**
- * Streams `added`/`removed` for a target until `signal` aborts; after a reconnect, what changed meanwhile.
+ * Streams `added`/`removed` for a target until `signal` aborts; after a reconnect, what changed
+ * meanwhile. Resolves once the sidecar's first `reset` has arrived (see {@link StreamHandle}).
  *
  * @example
  * ```ts
- * watchStream(client, 'users@^1', (e) => console.log(e.type), ctrl.signal);
+ * await watchStream(client, 'users@^1', (e) => console.log(e.type), ctrl.signal);
  * ```
  */
-export function watchStream(client: SidecarClient, target: string, listener: (event: WatchEvent) => void, signal: AbortSignal, onError?: (err: TandemError) => void): void {
+export function watchStream(client: SidecarClient, target: string, listener: (event: WatchEvent) => void, signal: AbortSignal, onError?: (err: TandemError) => void): Promise<void> {
   const { service, range } = splitTarget(target);
   const path = `/v1/watch/${encodeURIComponent(service)}${range ? `?range=${encodeURIComponent(range)}` : ''}`;
   const known = new Map<string, InstanceInfo>();
@@ -61,20 +83,22 @@ export function watchStream(client: SidecarClient, target: string, listener: (ev
       listener({ type: event, instance: i });
     }
   };
-  client.stream({ path: () => path, onEvent: apply, signal, onError });
+  // The route sends `reset` once its listener on the routing table is attached.
+  return client.stream({ path: () => path, onEvent: apply, signal, onError, ack: 'reset' });
 }
 
 /**
- * Delivers each event of `topic` once, resuming from its cursor after a reconnect.
+ * Delivers each event of `topic` once, resuming from its cursor after a reconnect. Resolves once the
+ * sidecar has sent the starting cursor (see {@link StreamHandle}).
  *
  * @example
  * ```ts
- * subscribeStream(client, 'orders.created', (payload) => console.log(payload), ctrl.signal);
+ * await subscribeStream(client, 'orders.created', (payload) => console.log(payload), ctrl.signal);
  * ```
  */
-export function subscribeStream(client: SidecarClient, topic: string, handler: (payload: unknown, event: TandemEvent) => void, signal: AbortSignal, onError?: (err: TandemError) => void): void {
+export function subscribeStream(client: SidecarClient, topic: string, handler: (payload: unknown, event: TandemEvent) => void, signal: AbortSignal, onError?: (err: TandemError) => void): Promise<void> {
   let cursor: Record<string, number> | undefined;
-  client.stream({
+  return client.stream({
     path: () => `/v1/events/${encodeURIComponent(topic)}${cursor ? `?cursor=${encodeURIComponent(JSON.stringify(cursor))}` : ''}`,
     onEvent: (event, data) => {
       if (event === 'cursor') {
@@ -90,6 +114,9 @@ export function subscribeStream(client: SidecarClient, topic: string, handler: (
     },
     signal,
     onError,
+    // `cursor` is where "from now on" starts: what is published after it arrives is delivered. The
+    // stream's open alone is not enough (the sidecar takes the starting point once the topic is read).
+    ack: 'cursor',
   });
 }
 
@@ -124,7 +151,7 @@ export function campaign(client: SidecarClient, group: string, opts: ElectOption
     leader = false;
     opts.onDemote(reason);
   };
-  client.stream({
+  const ready = client.stream({
     path: () => `/v1/leaders/${encodeURIComponent(group)}/campaign?serviceId=${encodeURIComponent(id)}`,
     onEvent: (event, data) => {
       if (event === 'promoted' && !leader) {
@@ -145,11 +172,14 @@ export function campaign(client: SidecarClient, group: string, opts: ElectOption
     onError: opts.onError,
     method: 'POST',
     onDisconnect: () => demote('lost the connection to the sidecar'),
+    // Sent once the campaign has started on the sidecar (before any promotion).
+    ack: 'campaign',
   });
   return {
     get leader() {
       return leader;
     },
+    ready,
     resign: async () => {
       ctrl.abort();
       demote('resigned');
@@ -190,4 +220,35 @@ export function needTargets(targets: readonly string[], watch: (target: string, 
     }),
   );
   return () => stops.forEach((s) => s());
+}
+
+/**
+ * Polls each target's instances until every one has a healthy, non-ejected instance; rejects with
+ * `TANDEM_ERR_WAIT_TIMEOUT` naming those still missing after `timeoutMs`, at once when the sidecar is
+ * unreachable.
+ *
+ * @example
+ * ```ts
+ * await waitForTargets(['users@^1'], { timeoutMs: 30_000 }, (t) => tandem.instances(t));
+ * ```
+ */
+export async function waitForTargets(targets: readonly string[], opts: { timeoutMs: number; intervalMs?: number }, instances: (target: string) => Promise<InstanceInfo[]>): Promise<void> {
+  const deadline = Date.now() + opts.timeoutMs;
+  let missing = targets;
+  for (;;) {
+    const ready = await Promise.all(
+      missing.map(async (t) => {
+        try {
+          return (await instances(t)).some((i) => i.healthy && !i.ejected);
+        } catch (err) {
+          if (err instanceof TandemError && err.code === 'TANDEM_ERR_SIDECAR_UNREACHABLE') throw err;
+          return false;
+        }
+      }),
+    );
+    missing = missing.filter((_, i) => !ready[i]);
+    if (missing.length === 0) return;
+    if (Date.now() >= deadline) throw new TandemError('TANDEM_ERR_WAIT_TIMEOUT', 504, `still no healthy instance after ${opts.timeoutMs} ms for: ${missing.join(', ')}`);
+    await new Promise((r) => setTimeout(r, Math.min(opts.intervalMs ?? 200, Math.max(0, deadline - Date.now()))));
+  }
 }

@@ -5,11 +5,12 @@ import { TandemError } from '../protocol/tandem-error.ts';
 import type { BroadcastEntry, Election, LeaderInfo, Member, TandemEvent, InstanceInfo, ResolvedInstance } from '../protocol/wire.ts';
 import { normalizeUrl, SidecarClient, toError } from './sidecar-client.ts';
 import { registerService, type RegisterOptions, type RegisterSpec, type ServiceHandle } from './registration.ts';
-import { campaign, needTargets, splitTarget, subscribeStream, watchStream, type ElectOptions, type WatchEvent } from './streams.ts';
+import { campaign, needTargets, splitTarget, subscribeStream, waitForTargets, watchStream, type ElectOptions, type StreamHandle, type WatchEvent } from './streams.ts';
 import { pathTarget, send, type TandemRequestInit } from './requests.ts';
+import { LIFECYCLE_EVENTS, LifecycleStream } from './lifecycle.ts';
 
 export type { RegisterOptions, RegisterSpec, ServiceHandle } from './registration.ts';
-export type { ElectOptions, WatchEvent } from './streams.ts';
+export type { ElectOptions, StreamHandle, WatchEvent } from './streams.ts';
 export type { TandemRequestInit } from './requests.ts';
 
 /**
@@ -55,15 +56,16 @@ export class Tandem extends EventEmitter {
   #handles = new Map<string, ServiceHandle>();
   /** Every stream this client opened and has not stopped (watches, subscriptions, campaigns, the lifecycle). */
   #streams = new Set<AbortController>();
-  #lifecycle: AbortController | undefined;
+  #lifecycle: LifecycleStream;
 
   constructor(opts: TandemOptions = {}) {
     super();
+    this.#client = new SidecarClient(opts);
+    this.#lifecycle = new LifecycleStream(this.#client, () => [...this.#handles.keys()], (event, data) => this.emit(event, data), () => this.#track(), (ctrl) => this.#untrack(ctrl));
     // The drain lifecycle stream opens when the app first listens for it.
     this.on('newListener', (name: string | symbol) => {
-      if ((name === 'drain' || name === 'undrain' || name === 'drained') && !this.#lifecycle) this.#openLifecycle();
+      if (typeof name === 'string' && LIFECYCLE_EVENTS.includes(name) && !this.#lifecycle.isOpen) this.#lifecycle.open();
     });
-    this.#client = new SidecarClient(opts);
     this.url = this.#client.url;
     this.#proxyUrl = opts.proxyUrl === undefined ? undefined : normalizeUrl(opts.proxyUrl);
   }
@@ -88,11 +90,7 @@ export class Tandem extends EventEmitter {
     const handle = await registerService(this.#client, spec, server, opts, (id) => this.#handles.delete(id));
     this.#handles.set(handle.id, handle);
     // The lifecycle stream names the services this app answers for: reopen it to add this one.
-    if (this.#lifecycle) {
-      this.#lifecycle.abort();
-      this.#streams.delete(this.#lifecycle);
-      this.#openLifecycle();
-    }
+    this.#lifecycle.reopen();
     return handle;
   }
 
@@ -182,18 +180,19 @@ export class Tandem extends EventEmitter {
   /**
    * Live `added`/`removed` events for the routable (healthy, in range) instances of a service. The
    * current ones arrive as `added` first. Reconnects if the sidecar restarts (and reports what changed
-   * meanwhile). Returns the function that stops watching.
+   * meanwhile). Returns the function that stops watching; its `ready` resolves once the sidecar has
+   * sent the current instances (they have reached `listener` by then), see {@link StreamHandle}.
    *
    * @example
    * ```ts
    * const stop = tandem.watch('users@^1', (e) => console.log(e.type, e.instance.id));
+   * await stop.ready; // every routable instance has been reported as `added`
    * stop();
    * ```
    */
-  watch(target: string, listener: (event: WatchEvent) => void, opts: { onError?: (err: TandemError) => void } = {}): () => void {
+  watch(target: string, listener: (event: WatchEvent) => void, opts: { onError?: (err: TandemError) => void } = {}): StreamHandle {
     const ctrl = this.#track();
-    watchStream(this.#client, target, listener, ctrl.signal, opts.onError);
-    return () => this.#untrack(ctrl);
+    return this.#handle(ctrl, watchStream(this.#client, target, listener, ctrl.signal, opts.onError));
   }
 
   /**
@@ -205,26 +204,8 @@ export class Tandem extends EventEmitter {
    * await tandem.waitFor(['users@^1', 'billing'], { timeoutMs: 30_000 });
    * ```
    */
-  async waitFor(targets: string | readonly string[], opts: { timeoutMs: number; intervalMs?: number }): Promise<void> {
-    const list = typeof targets === 'string' ? [targets] : [...targets];
-    const deadline = Date.now() + opts.timeoutMs;
-    let missing = list;
-    for (;;) {
-      const ready = await Promise.all(
-        missing.map(async (t) => {
-          try {
-            return (await this.instances(t)).some((i) => i.healthy && !i.ejected);
-          } catch (err) {
-            if (err instanceof TandemError && err.code === 'TANDEM_ERR_SIDECAR_UNREACHABLE') throw err;
-            return false;
-          }
-        }),
-      );
-      missing = missing.filter((_, i) => !ready[i]);
-      if (missing.length === 0) return;
-      if (Date.now() >= deadline) throw new TandemError('TANDEM_ERR_WAIT_TIMEOUT', 504, `still no healthy instance after ${opts.timeoutMs} ms for: ${missing.join(', ')}`);
-      await new Promise((r) => setTimeout(r, Math.min(opts.intervalMs ?? 200, Math.max(0, deadline - Date.now()))));
-    }
+  waitFor(targets: string | readonly string[], opts: { timeoutMs: number; intervalMs?: number }): Promise<void> {
+    return waitForTargets(typeof targets === 'string' ? [targets] : [...targets], opts, (t) => this.instances(t));
   }
 
   /**
@@ -244,17 +225,19 @@ export class Tandem extends EventEmitter {
    * Receives every event published to `topic` after this call, on any host, each publisher's in order,
    * exactly once (the SDK drops the duplicates that at-least-once delivery can bring). Survives a
    * sidecar restart: what was published meanwhile arrives after the reconnect (within the retention
-   * window). Returns the function that stops it.
+   * window). Returns the function that stops it; its `ready` resolves once the subscription is in
+   * place on the sidecar: every event published from then on reaches `handler` (see {@link StreamHandle}).
    *
    * @example
    * ```ts
    * const stop = tandem.subscribe('orders.created', (payload, event) => console.log(event.id, payload));
+   * await stop.ready;
+   * await tandem.publish('orders.created', { orderId: 42 }); // handled above, even from this process
    * ```
    */
-  subscribe(topic: string, handler: (payload: unknown, event: TandemEvent) => void, opts: { onError?: (err: TandemError) => void } = {}): () => void {
+  subscribe(topic: string, handler: (payload: unknown, event: TandemEvent) => void, opts: { onError?: (err: TandemError) => void } = {}): StreamHandle {
     const ctrl = this.#track();
-    subscribeStream(this.#client, topic, handler, ctrl.signal, opts.onError);
-    return () => this.#untrack(ctrl);
+    return this.#handle(ctrl, subscribeStream(this.#client, topic, handler, ctrl.signal, opts.onError));
   }
 
   /**
@@ -268,6 +251,7 @@ export class Tandem extends EventEmitter {
    * ```ts
    * const svc = await tandem.register('scheduler@1.0.0', server);
    * const election = tandem.elect('scheduler', { service: svc, onPromote: ({ token }) => start(token), onDemote: () => stop() });
+   * await election.ready; // campaigning on the sidecar
    * await election.resign();
    * ```
    */
@@ -278,6 +262,7 @@ export class Tandem extends EventEmitter {
       get leader() {
         return election.leader;
       },
+      ready: election.ready,
       resign: async () => {
         this.#streams.delete(ctrl);
         await election.resign();
@@ -339,16 +324,22 @@ export class Tandem extends EventEmitter {
     return needTargets(targets, (t, l) => this.watch(t, l), (event, arg) => this.emit(event, arg));
   }
 
-  #openLifecycle(): void {
-    const ctrl = this.#track();
-    this.#lifecycle = ctrl;
-    this.#client.stream({
-      path: () => `/v1/lifecycle?services=${encodeURIComponent([...this.#handles.keys()].join(','))}`,
-      onEvent: (event, data) => {
-        if (event === 'drain' || event === 'undrain' || event === 'drained') this.emit(event, JSON.parse(data));
-      },
-      signal: ctrl.signal,
-    });
+  /**
+   * Resolves once the drain lifecycle stream is in place on the sidecar for this client's current
+   * registrations: a drain requested from then on reaches the `drain` listeners (and waits for this
+   * app's ready-to-stop). The first `drain`, `undrain` or `drained` listener opens that stream, and
+   * each `register()` reopens it to name the new service; this follows it to the stream open now.
+   * Pending while the sidecar cannot be reached; rejects with `TANDEM_ERR_NO_LIFECYCLE_STREAM` when no
+   * listener has opened it (or `close()` closed it).
+   *
+   * @example
+   * ```ts
+   * tandem.on('drain', ({ deadline }) => void finishInFlight(deadline).then(() => tandem.readyToStop()));
+   * await tandem.lifecycleReady(); // a drain of this node now reaches the listener above
+   * ```
+   */
+  lifecycleReady(): Promise<void> {
+    return this.#lifecycle.ready();
   }
 
   /**
@@ -365,7 +356,7 @@ export class Tandem extends EventEmitter {
   async close(): Promise<void> {
     for (const ctrl of this.#streams) ctrl.abort();
     this.#streams.clear();
-    this.#lifecycle = undefined;
+    this.#lifecycle.forget();
     const results = await Promise.allSettled([...this.#handles.values()].map((h) => h.close()));
     const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed) throw failed.reason;
@@ -395,5 +386,10 @@ export class Tandem extends EventEmitter {
   #untrack(ctrl: AbortController): void {
     ctrl.abort();
     this.#streams.delete(ctrl);
+  }
+
+  /** The stop function of a tracked stream, with the promise of its acknowledgement. */
+  #handle(ctrl: AbortController, ready: Promise<void>): StreamHandle {
+    return Object.assign(() => this.#untrack(ctrl), { ready });
   }
 }

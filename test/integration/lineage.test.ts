@@ -55,20 +55,14 @@ describe('pub/sub', () => {
 
     const got: Record<string, TandemEvent[]> = { a: [], b: [], c: [] };
     const latencies: number[] = [];
-    // subscribe() gives no signal once its stream is open: a subscriber that has received a probe
-    // published after the call is in place, so only events from then on are counted.
-    const probed = new Set<string>();
-    const record = (who: string) => (payload: unknown, e: TandemEvent) => {
-      if ((payload as { probe?: boolean }).probe) return void probed.add(who);
+    const record = (who: string) => (_payload: unknown, e: TandemEvent) => {
       got[who]?.push(e);
       if (who === 'b') latencies.push(Date.now() - e.ts);
     };
     const stops = [a.subscribe('orders', record('a')), b.subscribe('orders', record('b')), c.subscribe('orders', record('c'))];
     cleanups.push(async () => stops.forEach((s) => s()));
-    await eventually(async () => {
-      await a.publish('orders', { probe: true });
-      return probed.size === 3 || undefined;
-    }, 'every subscription in place (a probe seen by a, b and c)', 10_000);
+    // Every subscription in place on its sidecar: each gets every event published from now on.
+    await Promise.all(stops.map((s) => s.ready));
     const N = 500;
     const started = Date.now();
     let published = 0;
@@ -231,8 +225,8 @@ describe('remote drain', () => {
     let undrained = 0;
     app.on('undrain', () => undrained++);
     await a.waitFor('draining', { timeoutMs: 10_000 });
-    // The SDK gives no signal once its lifecycle stream is open (on('drain') opens it): no condition to wait for.
-    await sleep(300);
+    // on('drain') opened the lifecycle stream: a drain requested once it is in place reaches the app.
+    await app.lifecycleReady();
 
     const slow = fetch(`${sidecars[0]?.sidecar.addresses.proxy}/draining/slow`);
     const release = await eventually(() => releaseSlow, 'slow request in flight', 5000);

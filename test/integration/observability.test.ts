@@ -99,11 +99,9 @@ test('pub/sub and election counters move: published, delivered, promotions', { t
   const tandem = new Tandem({ url: side.api });
   const got: unknown[] = [];
   const stop = tandem.subscribe('obs-metrics', (payload) => got.push(payload));
-  // The subscription is live once an event published now arrives.
-  await eventually(async () => {
-    await tandem.publish('obs-metrics', { n: got.length });
-    return got.length > 0;
-  }, 'an event delivered to the subscriber');
+  await stop.ready; // in place: the event published next is delivered
+  await tandem.publish('obs-metrics', { n: 0 });
+  await eventually(() => got.length > 0, 'the event delivered to the subscriber');
   const r = await api('POST', `${side.api}/v1/services`, { name: 'obs-leader', version: '1.0.0', port: ups[0]?.port ?? 1, check: { kind: 'ttl', ttlMs: 60_000 } });
   const id = (r.body as { id: string }).id;
   await api('PUT', `${side.api}/v1/services/${id}/heartbeat`);

@@ -116,10 +116,8 @@ describe('SDK', () => {
     const events: (WatchEvent & { at: number })[] = [];
     const stop = tandem.watch('watched@^1', (e) => events.push({ ...e, at: Date.now() }));
     cleanups.push(async () => stop());
-    // watch() gives no signal once its stream is open: an instance it reports proves that it is.
-    const anchor = await tandem.register('watched@1.9.0', app('watched', '1.9.0'), { deregisterOnSignal: false });
-    cleanups.push(() => anchor.close());
-    await eventually(() => events.some((e) => e.type === 'added' && e.instance.id === anchor.id), 'the watch stream open (the anchor added)', 10_000);
+    // In place on the sidecar: what becomes routable from now on is reported.
+    await stop.ready;
     const svc = await tandem.register({ name: 'watched', version: '1.0.0', check: { kind: 'ttl', ttlMs: 30_000 } }, app('watched', '1.0.0'), { deregisterOnSignal: false });
     await fetch(`http://127.0.0.1:${ports.api}/v1/services/${svc.id}/heartbeat`, { method: 'PUT' });
     const passingAt = Date.now();
@@ -130,6 +128,21 @@ describe('SDK', () => {
     const removed = await eventually(() => events.find((e) => e.type === 'removed' && e.instance.id === svc.id), 'removed event', 3000);
     assert.ok(removed.at - closedAt <= 1000, `removed after ${removed.at - closedAt} ms`);
     stop();
+  });
+
+  test('ready signals: lifecycleReady() needs a drain listener and follows the stream register() reopens; a stream stopped first rejects its ready', async () => {
+    const client = new Tandem({ url: `127.0.0.1:${ports.api}` });
+    cleanups.push(() => client.close());
+    await assert.rejects(client.lifecycleReady(), { code: 'TANDEM_ERR_NO_LIFECYCLE_STREAM' });
+    client.on('drain', () => undefined);
+    const early = client.lifecycleReady(); // for the stream that the register() below replaces
+    const svc = await client.register('readied@1.0.0', app('readied', '1.0.0'), { deregisterOnSignal: false });
+    await early;
+    await client.lifecycleReady();
+    const stop = client.watch('readied', () => undefined);
+    stop();
+    await assert.rejects(stop.ready, { name: 'AbortError' });
+    await svc.close();
   });
 
   test('waitFor() resolves when a service appears and rejects after its timeout naming what is missing', async () => {

@@ -169,3 +169,22 @@ test('a head that does not arrive within headersTimeoutMs is refused (one byte a
   assert.match(r.out, /^HTTP\/1\.1 408/);
   assert.ok(Date.now() - started < 4000, `held ${Date.now() - started} ms with headersTimeoutMs 1000`);
 });
+
+test('a try for a client that already left sends nothing upstream', async () => {
+  seen.length = 0;
+  const gone = { gone: true, writeHead: () => true, write: () => true, onDrain: () => undefined, end: () => undefined, destroy: () => undefined, onGone: () => undefined };
+  const r = await exchange(pool, gone, {
+    method: 'GET',
+    head: 'GET /never HTTP/1.1\r\nhost: up\r\n\r\n',
+    body: { kind: 'none' },
+    headersTimeoutMs: 1000,
+    bodyTimeoutMs: 0,
+    retryStatuses: undefined,
+    extraLines: '',
+    replaySafe: true,
+    limits: DEFAULT_HEAD_LIMITS,
+  });
+  assert.deepEqual(r, { kind: 'aborted' });
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  assert.deepEqual(seen, []);
+});

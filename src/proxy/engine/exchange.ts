@@ -118,6 +118,8 @@ class Exchange implements ConnUser, BodySink {
   }
 
   start(): void {
+    // The client left before this try began (while queued for a slot, say): nothing is sent anywhere.
+    if (this.#t.gone) return this.#settle({ kind: 'aborted' });
     track(this);
     this.#t.onGone(() => this.#abort());
     const conn = this.#pool.take();
