@@ -1,4 +1,5 @@
 // The config loader: defaults < config file < environment < CLI flags, validated once and frozen.
+import type { RegistrationTimings } from '../common/registration-timings.ts';
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { createRequire } from 'node:module';
@@ -80,17 +81,7 @@ export interface Config {
   stateDir: string;
   services: ServiceSpec[];
   upstreams: string[];
-  registration: {
-    /** How often the sidecar compares its registrations with the agent's and re-registers what is missing. */
-    syncIntervalMs: number;
-    /** Time between maintenance-on and deregistration on a graceful removal. */
-    drainMs: number;
-    checkIntervalMs: number;
-    checkTimeoutMs: number;
-    ttlMs: number;
-    /** How long an SDK registration outlives its app's liveness stream (long enough for a sidecar restart). */
-    livenessGraceMs: number;
-  };
+  registration: RegistrationTimings;
   watch: { waitMs: number; idleMs: number; firstAnswerTimeoutMs: number; maxBackoffMs: number; maxServices: number };
   events: { retentionMs: number; maxPayloadBytes: number };
   /**

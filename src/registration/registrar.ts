@@ -14,24 +14,18 @@ import { ConsulPermissionError, ConsulUnavailableError } from '../consul/errors.
 import { effectiveCheck, serviceId } from './service-definition.ts';
 import { ConsulRegistration } from './consul-registration.ts';
 import type { StateStore } from '../common/state-store.ts';
+import type { RegistrationTimings } from '../common/registration-timings.ts';
 import { Liveness } from './liveness.ts';
 import { healthOf, toRegistration, toStored, type Entry, type Source, type Stored } from './entry.ts';
 import type { ProbeResult } from './probe.ts';
 
-export interface RegistrarOptions {
+export interface RegistrarOptions extends RegistrationTimings {
   consul: ConsulClient;
   store: StateStore;
   logger: Logger;
   nodeName: string;
   /** Overrides the address learnt from the local Consul agent. */
   advertiseAddress?: string | undefined;
-  syncIntervalMs: number;
-  drainMs: number;
-  checkIntervalMs: number;
-  checkTimeoutMs: number;
-  ttlMs: number;
-  /** How long a liveness-held registration outlives its app's last stream (a sidecar restart, a hiccup). */
-  livenessGraceMs: number;
   /** Services from the config file: registered at start, not persisted (the file is their home). */
   configServices: readonly ServiceSpec[];
 }

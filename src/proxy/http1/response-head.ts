@@ -65,6 +65,9 @@ export function parseResponseHead(buf: Buffer, offset: number, limits: HeadLimit
   }
   return {
     kind: 'head',
+    // The status line first, as on the wire.
+    status,
+    reason,
     length,
     versionMinor: minor,
     headers: s.headers,
@@ -75,8 +78,6 @@ export function parseResponseHead(buf: Buffer, offset: number, limits: HeadLimit
     upgrade: s.upgrade,
     isUpgrade: status === 101 || tunnel,
     trailer: s.trailer,
-    status,
-    reason,
   };
 }
 
