@@ -18,7 +18,7 @@ async function consulPut(url: string, payload?: unknown): Promise<void> {
 }
 
 /** A fresh sidecar watching `count` services (one request to each), then idle: its RSS, CPU and Consul connections. */
-export async function idleWithServices(o: { agent: ConsulDevAgent; count: number; idleSeconds: number; upstreamPort: number; dir: string; pinning: Pinning; core: number; onStart: (s: TandemProc) => void }) {
+export async function idleWithServices(o: { agent: ConsulDevAgent; nodeArgs: readonly string[]; count: number; idleSeconds: number; upstreamPort: number; dir: string; pinning: Pinning; core: number; onStart: (s: TandemProc) => void }) {
   const names = Array.from({ length: o.count }, (_, i) => `idle-${String(i).padStart(3, '0')}`);
   log(`registering ${o.count} services (one instance each, TTL check passed once) with the agent`);
   for (const name of names) {
@@ -33,7 +33,7 @@ export async function idleWithServices(o: { agent: ConsulDevAgent; count: number
   await mkdir(stateDir, { recursive: true });
   const started = Date.now();
   const set = [`upstreams=${JSON.stringify(names)}`, `watch.maxServices=${Math.max(100, o.count + 10)}`];
-  const s = await startTandem({ api: `127.0.0.1:${apiPort}`, proxy: `127.0.0.1:${proxyPort}`, args: benchArgs({ consul: o.agent.address, stateDir, nodeName: 'bench-idle', set }), pin: { pinning: o.pinning, core: o.core } });
+  const s = await startTandem({ api: `127.0.0.1:${apiPort}`, proxy: `127.0.0.1:${proxyPort}`, args: benchArgs({ consul: o.agent.address, stateDir, nodeName: 'bench-idle', set }), nodeArgs: o.nodeArgs, pin: { pinning: o.pinning, core: o.core } });
   o.onStart(s);
   const rssAtStartMb = await rssMb([s.pid]);
   const view = new Tandem({ url: s.api });

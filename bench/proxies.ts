@@ -57,8 +57,8 @@ export async function startBareProxy(at: ProxyPlace, nodeArgs: readonly string[]
 }
 
 /** bench/engine-floor.mjs: Tandem's engine with nothing but framing; plain node over dist/ (tsx would slow its parser). */
-export async function startEngineFloor(at: ProxyPlace): Promise<ReferenceProxy> {
+export async function startEngineFloor(at: ProxyPlace, nodeArgs: readonly string[] = []): Promise<ReferenceProxy> {
   const script = new URL('./engine-floor.mjs', import.meta.url).pathname;
-  const proc = await startNodeChild(script, [at.port, ...at.upstreams], 'the engine floor', { pinning: at.pinning, core: at.core, tsx: false });
+  const proc = await startNodeChild(script, [at.port, ...at.upstreams], 'the engine floor', { pinning: at.pinning, core: at.core, tsx: false, nodeArgs });
   return { key: 'floor', label: "Tandem's engine alone (floor)", port: at.port, proc, pids: async () => [proc.pid] };
 }

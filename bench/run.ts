@@ -36,7 +36,7 @@ import { coreBusySeconds, cpuSeconds, rssMb } from '../test/support/proc-stats.t
 import { fmt, machineInfo, mdTable, writeResult } from '../test/support/report.ts';
 import { build, checkInterrupted, installSignalHandlers, log, runMain, sleep } from '../test/support/run-control.ts';
 import { withTeardown } from '../test/support/teardown.ts';
-import { benchArgs, startTandem } from '../test/support/tandem-process.ts';
+import { benchArgs, DEPLOYED_NODE_ARGS, startTandem } from '../test/support/tandem-process.ts';
 import { idleWithServices, type IdleResult } from './idle-sidecar.ts';
 import { int, loadTable, median, summarize, type Measurement, type Scenario, type Target } from './run-table.ts';
 import { startBareProxy, startEngineFloor, startNginxProxy, type ReferenceProxy } from './proxies.ts';
@@ -58,6 +58,8 @@ function readSettings() {
     nginx: flagEnv('BENCH_NGINX', true),
     bare: flagEnv('BENCH_BARE', true),
     floor: flagEnv('BENCH_FLOOR', true),
+    // Node flags of every Node proxy under test (Tandem, its engine floor, the bare proxy): as deployed unless told.
+    nodeArgs: process.env['BENCH_NODE_ARGS'] === undefined ? [...DEPLOYED_NODE_ARGS] : process.env['BENCH_NODE_ARGS'].split(' ').filter(Boolean),
     rate: intEnv('BENCH_RATE', 1000, 1),
     rateSeconds: intEnv('BENCH_RATE_SECONDS', 10, 1),
     rateClients: listEnv('BENCH_RATE_CLIENTS', ['wrk'], ['wrk', 'autocannon']),
@@ -189,12 +191,12 @@ async function main(): Promise<void> {
       log(`${p.label} on 127.0.0.1:${p.port}`);
     };
     if (nginx) add(await startNginxProxy(nginx, dir, place(refPorts[0])));
-    if (settings.bare) add(await startBareProxy(place(refPorts[1])));
-    if (settings.floor) add(await startEngineFloor(place(refPorts[2])));
+    if (settings.bare) add(await startBareProxy(place(refPorts[1]), settings.nodeArgs));
+    if (settings.floor) add(await startEngineFloor(place(refPorts[2]), settings.nodeArgs));
 
     log(`tandem start: api 127.0.0.1:${apiPort}, proxy 127.0.0.1:${proxyPort}, consul ${agent.address}`);
     const args = benchArgs({ consul: agent.address, stateDir: join(dir, 'state'), nodeName: 'bench' });
-    const sc = t.proc('tandem', await startTandem({ api: `127.0.0.1:${apiPort}`, proxy: `127.0.0.1:${proxyPort}`, args, pin: { pinning, core: PROXY_CORE } }), 20_000);
+    const sc = t.proc('tandem', await startTandem({ api: `127.0.0.1:${apiPort}`, proxy: `127.0.0.1:${proxyPort}`, args, nodeArgs: settings.nodeArgs, pin: { pinning, core: PROXY_CORE } }), 20_000);
     // The bench registers its two upstreams as an app would, through the SDK (which keeps their TTL checks passing).
     const owner = new Tandem({ url: sc.api });
     t.defer('close the SDK client', () => owner.close());
@@ -301,7 +303,7 @@ async function main(): Promise<void> {
     let idle: IdleResult | undefined;
     if (settings.idleServices > 0) {
       checkInterrupted();
-      idle = await idleWithServices({ agent, count: settings.idleServices, idleSeconds: settings.idleSeconds, upstreamPort: upA, dir, pinning, core: PROXY_CORE, onStart: (s) => t.proc('the idle tandem', s, 20_000) });
+      idle = await idleWithServices({ agent, nodeArgs: settings.nodeArgs, count: settings.idleServices, idleSeconds: settings.idleSeconds, upstreamPort: upA, dir, pinning, core: PROXY_CORE, onStart: (s) => t.proc('the idle tandem', s, 20_000) });
       log(`idle with ${idle.services} watched services: RSS ${idle.rssMb.toFixed(1)} MB, ${idle.consulConnections} connections to Consul, CPU ${idle.idleCpuPercent.toFixed(2)} %`);
     }
 

@@ -44,6 +44,13 @@ export function benchArgs(o: { consul: string; stateDir: string; nodeName?: stri
   ];
 }
 
+/**
+ * The Node flags the shipped units run the sidecar with (deploy/consul/systemd/tandem.service sets them in
+ * NODE_OPTIONS, the compose file on the command line): a 1 MB young-generation semi-space keeps an idle
+ * sidecar ~20-30 MB smaller and its scavenges short; benches run the sidecar the way it is deployed.
+ */
+export const DEPLOYED_NODE_ARGS: readonly string[] = ['--max-semi-space-size=1'];
+
 /** Starts `tandem start` and resolves once GET /v1/health answers; stops it again if that never happens. */
 export async function startTandem(o: TandemOptions): Promise<TandemProc> {
   const args = [...(o.nodeArgs ?? []), BIN, 'start', '--api', o.api, '--proxy', o.proxy, ...o.args];
