@@ -54,7 +54,6 @@ export interface AttemptOptions {
 }
 
 interface PoolEntry {
-  key: string;
   pool: UpstreamPool;
   /** The latest deadline of a request sent through this pool: a retired pool is destroyed then at the latest. */
   until: number;
@@ -83,11 +82,11 @@ export class Forwarder {
   }
 
   #entry(endpoint: Endpoint): PoolEntry {
-    const key = `${endpoint.address}:${endpoint.port}`;
     const cur = this.#pools.get(endpoint.id);
-    if (cur && cur.key === key) return cur;
+    // Compared field by field: no key string built per request.
+    if (cur && cur.pool.o.host === endpoint.address && cur.pool.o.port === endpoint.port) return cur;
     if (cur) this.#retire(cur);
-    const entry = { key, pool: this.#newPool(endpoint.address, endpoint.port), until: 0 };
+    const entry = { pool: this.#newPool(endpoint.address, endpoint.port), until: 0 };
     this.#pools.set(endpoint.id, entry);
     return entry;
   }
