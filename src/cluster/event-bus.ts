@@ -125,7 +125,8 @@ export class EventBus {
   }
 
   /**
-   * Delivers every event of `topic` past `cursor` (undefined: from now on), retained ones first:
+   * Delivers every event of `topic` past `cursor` (undefined: every event published from this call
+   * on, however late Consul answers), retained ones first:
    * `handlers.start` gets the starting cursor once the topic's retained events are read, then `event`
    * each event. No handler runs before this returns. Throws on a bad topic, or (503) when the
    * connection budget has no room for the events query.

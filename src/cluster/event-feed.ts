@@ -70,6 +70,8 @@ export interface FeedSubscriber {
 interface Member {
   handlers: FeedSubscriber;
   asked: Cursor | undefined;
+  /** When it subscribed (µs, our clock): where "from now on" starts, however late the topic loads. */
+  sinceUs: number;
   cursor: Cursor;
   started: boolean;
 }
@@ -136,11 +138,12 @@ export class TopicFeed {
   }
 
   /**
-   * Adds a subscriber from `cursor` (undefined: only what is published from now on). It starts at
-   * once when the topic is loaded, otherwise after the first sync. Returns the function removing it.
+   * Adds a subscriber from `cursor` (undefined: only what is published from now on, this call's
+   * millisecond included). It starts at once when the topic is loaded, otherwise after the first
+   * sync. Returns the function removing it.
    */
   add(handlers: FeedSubscriber, cursor: Cursor | undefined): () => void {
-    const m: Member = { handlers, asked: cursor ? { ...cursor } : undefined, cursor: {}, started: false };
+    const m: Member = { handlers, asked: cursor ? { ...cursor } : undefined, sinceUs: this.#clock() * 1000, cursor: {}, started: false };
     this.#members.add(m);
     if (this.#loaded) queueMicrotask(() => this.#members.has(m) && this.#start(m));
     return () => void this.#members.delete(m);
@@ -224,20 +227,22 @@ export class TopicFeed {
   }
 
   /**
-   * What a subscriber "from now on" starts from: per publisher, the newest listed seq our clock has
-   * reached. A key still ahead of our clock is after "now": it reaches the new subscriber when due.
+   * What a subscriber "from now on" starts from: per publisher, the newest listed seq from before the
+   * millisecond it subscribed in. That time, not the time it starts: a topic loads with a Consul
+   * answer (late after a failure, or after another topic's reads), and the keys listed by then may
+   * include events published after the subscription, which are the subscriber's. A key ahead of that
+   * time (skew, or a forger) is after it too: it reaches the subscriber when due.
    */
-  #head(): Cursor {
-    const nowUs = this.#clock() * 1000;
+  #head(sinceUs: number): Cursor {
     const c: Cursor = {};
-    for (const k of this.#keys) if (!this.#rejected.has(k.key) && !this.#ahead.has(k.key) && k.seq <= nowUs && (c[k.publisher] ?? 0) < k.seq) c[k.publisher] = k.seq;
+    for (const k of this.#keys) if (!this.#rejected.has(k.key) && !this.#ahead.has(k.key) && k.seq < sinceUs && (c[k.publisher] ?? 0) < k.seq) c[k.publisher] = k.seq;
     return c;
   }
 
   #start(m: Member): void {
     if (m.started) return;
     m.started = true;
-    m.cursor = { ...(m.asked ?? this.#head()) };
+    m.cursor = { ...(m.asked ?? this.#head(m.sinceUs)) };
     m.handlers.start({ ...m.cursor });
     for (const e of ordered([...this.#delivered.values()])) this.#offer(m, e);
   }

@@ -4,6 +4,7 @@ import { test } from 'node:test';
 import pino from 'pino';
 import { decodeEvent, encodeEvent, eventKey, isFromTheFuture, MAX_CLOCK_SKEW_MS, parseEventKey, TopicFeed, type Cursor, type EventKey } from '../../src/cluster/event-feed.ts';
 import { EventBus } from '../../src/cluster/event-bus.ts';
+import { ConnectionBudget } from '../../src/consul/connection-budget.ts';
 import { isValidName } from '../../src/cluster/names.ts';
 import type { ConsulClient } from '../../src/consul/consul-client.ts';
 import type { TandemEvent } from '../../src/protocol/wire.ts';
@@ -124,6 +125,28 @@ function clocked(startUs: number) {
   return { clock, feed, put, sync, keys };
 }
 
+test('a subscriber from now gets every event published after it subscribed, however late the topic loads', async () => {
+  const f = clocked(NOW_US);
+  f.put('a', NOW_US - 2000, 'before');
+  // Subscribed at NOW_US; the topic loads only with Consul's first answer, 250 ms later, which
+  // already lists an event published 100 ms after the subscription: that event is the subscriber's.
+  const sub = subscriber(f.feed);
+  f.clock.nowUs = NOW_US + 250_000;
+  f.put('a', NOW_US + 100_000, 'after');
+  await f.sync();
+  assert.deepEqual(sub.starts, [{ a: NOW_US - 2000 }]);
+  assert.deepEqual(sub.got.map((e) => e.payload), ['after']);
+  // Once loaded, a subscriber from now starts at what is listed: nothing already listed reaches it.
+  const late = subscriber(f.feed);
+  await Promise.resolve();
+  assert.deepEqual(late.starts, [{ a: NOW_US + 100_000 }]);
+  f.clock.nowUs = NOW_US + 300_000;
+  f.put('a', NOW_US + 300_000, 'later');
+  await f.sync();
+  assert.deepEqual(sub.got.map((e) => e.payload), ['after', 'later']);
+  assert.deepEqual(late.got.map((e) => e.payload), ['later']);
+});
+
 test('a forged key a little ahead waits for its time: the real publisher\'s events before and after it are all delivered', async () => {
   const f = clocked(NOW_US);
   const sub = subscriber(f.feed, {});
@@ -193,5 +216,114 @@ test('publish fails with 409 TANDEM_ERR_EVENT_NOT_STORED when the CAS write stor
   const e = await bus.publish('orders', { n: 2 });
   assert.ok(e.seq > (parseEventKey(puts[0]?.key ?? '')?.seq ?? Infinity), 'seqs keep increasing');
   assert.throws(() => bus.publish('..', {}), (err: { code: string }) => err.code === 'TANDEM_ERR_INVALID_TOPIC');
+  bus.close();
+});
+
+/**
+ * Consul for the event bus, in memory: the key listing blocks (index > 0) until a write; `hold('listing')`
+ * keeps every listing from answering, `hold('reads')` every value read, until the function it returns is called.
+ */
+function memoryConsul() {
+  const values = new Map<string, string>();
+  let index = 1;
+  const wake: (() => void)[] = [];
+  const gates: { listing?: Promise<void>; reads?: Promise<void> } = {};
+  const listed: string[][] = [];
+  const changed = () => {
+    index++;
+    for (const w of wake.splice(0)) w();
+  };
+  return {
+    budget: new ConnectionBudget({ capacity: 8, reserved: 4 }),
+    listed,
+    async kvKeys(prefix: string, q: { index: number }) {
+      await gates.listing;
+      if (q.index >= index) await new Promise<void>((r) => wake.push(r));
+      const value = [...values.keys()].filter((k) => k.startsWith(prefix)).sort();
+      listed.push(value);
+      return { index, knownLeader: true, lastContactMs: 0, value };
+    },
+    async kvGet(key: string) {
+      await gates.reads;
+      const v = values.get(key);
+      return { index, knownLeader: true, lastContactMs: 0, value: v === undefined ? undefined : { key, value: v } };
+    },
+    async kvPut(key: string, value: string) {
+      if (values.has(key)) return false;
+      values.set(key, value);
+      changed();
+      return true;
+    },
+    async kvDelete(key: string) {
+      values.delete(key);
+      changed();
+    },
+    hold(what: 'listing' | 'reads'): () => void {
+      let open: () => void = () => undefined;
+      gates[what] = new Promise<void>((r) => {
+        open = r;
+      });
+      return () => {
+        delete gates[what];
+        open();
+      };
+    },
+  };
+}
+
+async function until(what: string, cond: () => boolean, ms = 2000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`still waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 2));
+  }
+}
+
+function busOn(consul: ReturnType<typeof memoryConsul>, id: string): EventBus {
+  const bus = new EventBus({ consul: consul as unknown as ConsulClient, logger: pino({ level: 'silent' }), retentionMs: 60_000, waitMs: 60_000, maxBackoffMs: 1000 });
+  bus.start(id);
+  return bus;
+}
+
+function busSubscriber(bus: EventBus, topic: string) {
+  const got: unknown[] = [];
+  const starts: Cursor[] = [];
+  const sub = bus.subscribe(topic, undefined, { start: (c) => starts.push(c), event: (e) => got.push(e.payload) });
+  return { got, starts, sub };
+}
+
+test('an event published after subscribe reaches the subscriber when Consul answers the first listing late', async () => {
+  const consul = memoryConsul();
+  const bus = busOn(consul, 'pub-1');
+  const release = consul.hold('listing');
+  const s = busSubscriber(bus, 'orders');
+  await bus.publish('orders', { n: 1 });
+  release();
+  await until('the subscriber started', () => s.starts.length === 1);
+  await until('the event delivered', () => s.got.length === 1, 500).catch(() => undefined);
+  assert.deepEqual(s.starts, [{}], 'nothing was listed before the subscription');
+  assert.deepEqual(s.got, [{ n: 1 }]);
+  bus.close();
+});
+
+test('a subscriber of a new topic gets what is published while the bus is still reading another topic', async () => {
+  const consul = memoryConsul();
+  const bus = busOn(consul, 'pub-1');
+  for (let i = 0; i < 3; i++) await bus.publish('backlog', { i });
+  const t = Date.now();
+  await until('a later millisecond than the backlog', () => Date.now() > t);
+  const busy = busSubscriber(bus, 'backlog');
+  // The backlog's reads hang (a slow Consul): the bus's one sync is busy with them.
+  const releaseReads = consul.hold('reads');
+  await until('the first listing', () => consul.listed.length >= 1);
+  const s = busSubscriber(bus, 'orders');
+  await bus.publish('orders', { n: 1 });
+  // The listing with that event arrives while the backlog sync still waits; then the reads answer.
+  await until('the listing with the new event', () => consul.listed.some((l) => l.some((k) => k.includes('/orders/'))));
+  releaseReads();
+  await until('both subscribers started', () => busy.starts.length === 1 && s.starts.length === 1);
+  await until('the event delivered', () => s.got.length === 1, 500).catch(() => undefined);
+  assert.deepEqual(s.got, [{ n: 1 }]);
+  assert.deepEqual(busy.got, [], 'the backlog was published before its subscriber came');
   bus.close();
 });
