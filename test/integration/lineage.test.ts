@@ -62,7 +62,12 @@ describe('pub/sub', () => {
     const stops = [a.subscribe('orders', record('a')), b.subscribe('orders', record('b')), c.subscribe('orders', record('c'))];
     cleanups.push(async () => stops.forEach((s) => s()));
     // Every subscription in place on its sidecar: each gets every event published from now on.
-    await Promise.all(stops.map((s) => s.ready));
+    // Bounded, naming who is missing: a subscription that never opens fails the test instead of hanging it.
+    const open = new Set<string>();
+    stops.forEach((s, i) => void s.ready.then(() => open.add('abc'[i] as string)).catch(() => undefined));
+    await eventually(() => open.size === 3, 'every subscription open (a, b and c)', 15_000).catch((err: Error) => {
+      throw new Error(`${err.message}; open: ${[...open].join(', ') || 'none'}`);
+    });
     const N = 500;
     const started = Date.now();
     let published = 0;
