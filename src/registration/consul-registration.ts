@@ -1,19 +1,22 @@
 // Writes one registration to the local Consul agent: its definition, with the first check status its probe found.
 import type { ServiceSpec } from '../protocol/wire.ts';
-import type { CallOptions, ConsulClient, ConsulServiceDefinition } from '../consul/consul-client.ts';
+import type { CallOptions, ConsulServiceDefinition } from '../consul/consul-client.ts';
 import { TandemError } from '../common/errors.ts';
 import { ConsulPermissionError } from '../consul/errors.ts';
 import { checkTimeoutMs, effectiveCheck, toConsulDefinition, type DefinitionContext } from './service-definition.ts';
 import { probeCheck, type ProbeResult } from './probe.ts';
+import type { Probe, RegistrationConsul } from './ports.ts';
 
 export interface ConsulRegistrationOptions {
-  consul: ConsulClient;
+  consul: Pick<RegistrationConsul, 'agentSelf' | 'registerService'>;
   nodeName: string;
   /** Overrides the address learnt from the local Consul agent. */
   advertiseAddress?: string | undefined;
   checkIntervalMs: number;
   checkTimeoutMs: number;
   ttlMs: number;
+  /** How a service is probed before it is registered; probeCheck unless a test fakes it. */
+  probe?: Probe | undefined;
 }
 
 export class ConsulRegistration {
@@ -38,7 +41,7 @@ export class ConsulRegistration {
   async register(spec: ServiceSpec, call: CallOptions, status?: ProbeResult['status'], onlyIfUp = false): Promise<ProbeResult | undefined> {
     this.#agentAddress ??= this.#o.advertiseAddress ?? (await this.#agentSelf(call)).advertiseAddress;
     const def = this.definition(spec);
-    const probe = status ? { status, output: 'heartbeat' } : await probeCheck(def.Check, checkTimeoutMs(effectiveCheck(spec), this.#o));
+    const probe = status ? { status, output: 'heartbeat' } : await (this.#o.probe ?? probeCheck)(def.Check, checkTimeoutMs(effectiveCheck(spec), this.#o));
     if (onlyIfUp && probe.status === 'critical') return undefined;
     def.Check.Status = probe.status;
     await this.#o.consul.registerService(def, call);

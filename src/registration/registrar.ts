@@ -6,28 +6,30 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import type { Registration, ServiceSpec } from '../protocol/wire.ts';
-import type { CallOptions, ConsulClient, LocalCheck } from '../consul/consul-client.ts';
+import type { CallOptions, LocalCheck } from '../consul/consul-client.ts';
 import { errSummary, NotTtlCheckError, ProtectedServiceError, ReservedServiceError, ServiceNotFoundError, ShuttingDownError, TandemError } from '../common/errors.ts';
 import { sidecarMarkProblem } from '../common/sidecar-marker.ts';
 import { KeyedSerial } from '../common/keyed-serial.ts';
 import { ConsulPermissionError, ConsulUnavailableError } from '../consul/errors.ts';
 import { effectiveCheck, serviceId } from './service-definition.ts';
 import { ConsulRegistration } from './consul-registration.ts';
-import type { StateStore } from '../common/state-store.ts';
 import type { RegistrationTimings } from '../common/registration-timings.ts';
 import { Liveness } from './liveness.ts';
 import { healthOf, toRegistration, toStored, type Entry, type Source, type Stored } from './entry.ts';
 import type { ProbeResult } from './probe.ts';
+import type { Probe, RegistrationConsul, RegistrationStore } from './ports.ts';
 
 export interface RegistrarOptions extends RegistrationTimings {
-  consul: ConsulClient;
-  store: StateStore;
+  consul: RegistrationConsul;
+  store: RegistrationStore;
   logger: Logger;
   nodeName: string;
   /** Overrides the address learnt from the local Consul agent. */
   advertiseAddress?: string | undefined;
   /** Services from the config file: registered at start, not persisted (the file is their home). */
   configServices: readonly ServiceSpec[];
+  /** How a service is probed before it is registered; probeCheck unless a test fakes it. */
+  probe?: Probe | undefined;
 }
 
 export interface RegisterResult {
