@@ -10,10 +10,11 @@ import type { CallOptions, LocalCheck } from '../consul/consul-client.ts';
 import { errSummary, NotTtlCheckError, ProtectedServiceError, ReservedServiceError, ServiceNotFoundError, ShuttingDownError, TandemError } from '../common/errors.ts';
 import { sidecarMarkProblem } from '../common/sidecar-marker.ts';
 import { KeyedSerial } from '../common/keyed-serial.ts';
-import { ConsulPermissionError, ConsulUnavailableError } from '../consul/errors.ts';
+import { ConsulRejectedError, ConsulUnavailableError } from '../consul/errors.ts';
 import { effectiveCheck, serviceId } from './service-definition.ts';
 import { ConsulRegistration } from './consul-registration.ts';
 import type { RegistrationTimings } from '../common/registration-timings.ts';
+import { Reconciler } from './reconciler.ts';
 import { Liveness } from './liveness.ts';
 import { healthOf, toRegistration, toStored, type Entry, type Source, type Stored } from './entry.ts';
 import type { ProbeResult } from './probe.ts';
@@ -39,38 +40,36 @@ export interface RegisterResult {
 }
 
 const STATE_FILE = 'registrations';
-const SYNC_CONCURRENCY = 8;
 
 export class Registrar {
   #o: RegistrarOptions;
   #entries = new Map<string, Entry>();
-  /** Ids removed while Consul was unreachable: deregistered as soon as it answers again. */
-  #orphans = new Set<string>();
   /** Consul-changing work for one id runs one at a time, so a sync never races a removal. */
   #queue = new KeyedSerial();
   #timer: NodeJS.Timeout | undefined;
-  #syncing: Promise<void> | undefined;
-  #consulUp: boolean | undefined;
   #closing = false;
-  #permission: string | undefined;
   #liveness: Liveness;
   #writer: ConsulRegistration;
-  /** The stored registrations are loaded: a liveness stream can find what it holds. */
+  #reconciler: Reconciler;
+  /** The stored registrations are loaded: a liveness stream can find what it holds, and the state file may be written. */
   #restored = false;
+  /** A registration changed before the restore: start() writes the merged set. */
+  #unsaved = false;
 
   constructor(opts: RegistrarOptions) {
     this.#o = opts;
     this.#writer = new ConsulRegistration(opts);
+    this.#reconciler = new Reconciler({ consul: opts.consul, logger: opts.logger, writer: this.#writer, entries: this.#entries, queue: this.#queue, ttlMs: opts.ttlMs, closing: () => this.#closing });
     this.#liveness = new Liveness(opts.livenessGraceMs, (id) => this.#expire(id));
   }
 
   get consulReachable(): boolean | undefined {
-    return this.#consulUp;
+    return this.#reconciler.consulReachable;
   }
 
   /** Set while Consul refuses the sidecar's ACL token (its own registration gets 403). */
   get permissionProblem(): string | undefined {
-    return this.#permission;
+    return this.#reconciler.permissionProblem;
   }
 
   /** Loads config and persisted registrations, adds the sidecar's own `tandem` service, and syncs. */
@@ -93,6 +92,7 @@ export class Registrar {
       else if (this.#add(spec, 'api', liveness === true)) this.#liveness.expect(serviceId(spec, this.#o.nodeName));
     }
     this.#restored = true;
+    if (this.#unsaved) await this.#persist();
     await this.sync();
     this.#timer = setInterval(() => void this.sync(), this.#o.syncIntervalMs);
     this.#timer.unref();
@@ -120,11 +120,11 @@ export class Registrar {
         entry.state = 'registered';
       } catch (err) {
         if (!(err instanceof ConsulUnavailableError)) throw err; // 403/400: the old registration stays as it was
-        this.#markDown(err);
+        this.#reconciler.markDown(err);
         if (!defer) throw notDeferred(err);
         pending = true;
       }
-      this.#orphans.delete(id);
+      this.#reconciler.orphans.delete(id);
       this.#entries.set(id, entry);
       if (entry.liveness) this.#liveness.expect(id);
       else this.#liveness.forget(id);
@@ -142,21 +142,22 @@ export class Registrar {
     const entry = this.#entries.get(id);
     if (!entry || entry.state === 'draining') throw new ServiceNotFoundError(id);
     if (entry.source === 'sidecar') throw new ProtectedServiceError(id);
+    const was = entry.state;
     entry.state = 'draining';
     return this.#queue.run(id, async () => {
       try {
         await this.#drain([entry], call);
         return { pending: false };
       } catch (err) {
-        if (err instanceof ConsulUnavailableError) this.#markDown(err);
+        if (err instanceof ConsulUnavailableError) this.#reconciler.markDown(err);
         if (!(err instanceof ConsulUnavailableError) || !defer) {
-          entry.state = 'registered';
+          entry.state = was;
           throw err instanceof ConsulUnavailableError ? notDeferred(err) : err;
         }
-        this.#orphans.add(id);
+        this.#reconciler.orphans.add(id);
         return { pending: true };
       } finally {
-        if (entry.state === 'draining') {
+        if (entry.state === 'draining' && this.#entries.get(id) === entry) {
           this.#entries.delete(id);
           this.#liveness.forget(id);
           await this.#persist();
@@ -203,7 +204,7 @@ export class Registrar {
     entry.beatAt = Date.now();
     // In line with registrations of this id, so that one in flight cannot overwrite this pass with critical.
     await this.#queue.run(id, async () => {
-      if (entry.reaped && this.#entries.get(id) === entry) {
+      if (entry.reaped && entry.state !== 'draining' && this.#entries.get(id) === entry) {
         await this.#writer.register(entry.spec, call, 'passing');
         entry.reaped = false;
         entry.state = 'registered';
@@ -260,7 +261,7 @@ export class Registrar {
           await this.#o.consul.deregisterService(id);
         } catch (err) {
           if (!(err instanceof ConsulUnavailableError)) throw err;
-          this.#orphans.add(id);
+          this.#reconciler.orphans.add(id);
         }
         this.#entries.delete(id);
         this.#liveness.forget(id);
@@ -272,10 +273,7 @@ export class Registrar {
 
   /** One anti-entropy pass: registers what is pending or what the agent lost; deregisters orphans. */
   sync(): Promise<void> {
-    this.#syncing ??= this.#syncOnce().finally(() => {
-      this.#syncing = undefined;
-    });
-    return this.#syncing;
+    return this.#reconciler.sync();
   }
 
   /** Stops syncing and removes every registration from Consul (maintenance, drain, deregister); state stays on disk. */
@@ -283,7 +281,7 @@ export class Registrar {
     this.#closing = true;
     this.#liveness.close();
     if (this.#timer) clearInterval(this.#timer);
-    await this.#syncing;
+    await this.#reconciler.idle();
     const entries = [...this.#entries.values()].filter((e) => e.state !== 'draining');
     for (const e of entries) e.state = 'draining';
     try {
@@ -294,79 +292,6 @@ export class Registrar {
     await this.#o.store.close();
   }
 
-  async #syncOnce(): Promise<void> {
-    if (this.#closing) return;
-    let present: Set<string>;
-    try {
-      present = new Set((await this.#o.consul.localServices()).keys());
-    } catch (err) {
-      this.#markDown(err);
-      return;
-    }
-    this.#markUp();
-    // Without the sidecar's own registration the agent lost everything (restarted): all comes back.
-    // With it, one missing service was removed on purpose (reaper, operator): see Entry.reaped.
-    const agentLostAll = !present.has(this.#writer.sidecarId);
-    for (const id of [...this.#orphans]) {
-      await this.#queue.run(id, async () => {
-        if (this.#entries.has(id)) return;
-        try {
-          await this.#o.consul.deregisterService(id);
-          this.#orphans.delete(id);
-        } catch (err) {
-          this.#o.logger.warn({ service: id, err: errSummary(err) }, 'deregistration deferred');
-        }
-      });
-    }
-    const todo = [...this.#entries.values()].filter((e) => e.state !== 'draining' && !(e.state === 'registered' && present.has(e.id)));
-    // A few at a time: each probes its service first (bounded by the check timeout), so one hanging port delays no other.
-    const worker = async () => {
-      for (let entry = todo.shift(); entry; entry = todo.shift()) await this.#syncEntry(entry, agentLostAll);
-    };
-    await Promise.all(Array.from({ length: Math.min(SYNC_CONCURRENCY, todo.length) }, worker));
-  }
-
-  #syncEntry(entry: Entry, agentLostAll: boolean): Promise<void> {
-    return this.#queue.run(entry.id, async () => {
-      if (this.#entries.get(entry.id) !== entry || entry.state === 'draining' || this.#closing) return;
-      const wasPending = entry.state === 'pending';
-      const wasReaped = entry.reaped;
-      if (entry.state === 'registered' && !agentLostAll && entry.source !== 'sidecar') entry.reaped = true;
-      try {
-        const probe = await this.#writer.register(entry.spec, {}, this.#recentBeat(entry) ? 'passing' : undefined, entry.reaped);
-        if (!probe) {
-          if (entry.state === 'registered') this.#o.logger.warn({ service: entry.id }, 'Consul removed this service while its check failed (DeregisterCriticalServiceAfter, or an operator): kept out of Consul until its check passes');
-          entry.state = 'pending';
-          return;
-        }
-        entry.state = 'registered';
-        entry.reaped = false;
-        if (entry.source === 'sidecar' && this.#permission) {
-          this.#permission = undefined;
-          this.#o.logger.info('Consul accepts the ACL token again');
-        }
-        this.#o.logger.info({ service: entry.id, check: probe.status }, wasReaped ? 'its check passes again: back in Consul' : wasPending ? 'pending registration registered' : 're-registered a service the Consul agent had lost');
-      } catch (err) {
-        entry.state = 'pending';
-        if (err instanceof ConsulPermissionError && entry.source === 'sidecar') {
-          if (!this.#permission) this.#o.logger.error({ err: errSummary(err) }, 'Consul refuses the sidecar ACL token: registrations fail and reads may come back filtered (empty)');
-          this.#permission = 'Consul refuses the sidecar ACL token (403): set CONSUL_HTTP_TOKEN or CONSUL_HTTP_TOKEN_FILE to a token with the Tandem policy';
-        }
-        if (err instanceof ConsulUnavailableError) this.#markDown(err);
-        else this.#o.logger.error({ service: entry.id, err: errSummary(err) }, 'Consul refuses this registration; retrying');
-      }
-    });
-  }
-
-  /**
-   * The app heartbeated within its TTL, so a TTL check registered again now starts passing (as Consul's
-   * would still be): else an SDK app's first beat after a sidecar restart could race the restore.
-   */
-  #recentBeat(entry: Entry): boolean {
-    const check = effectiveCheck(entry.spec);
-    return check.kind === 'ttl' && entry.beatAt !== undefined && Date.now() - entry.beatAt < (check.ttlMs ?? this.#o.ttlMs);
-  }
-
   /** The liveness grace of `id` ran out without a stream: its app is gone, so is the registration (no drain: nothing answers). */
   #expire(id: string): void {
     const entry = this.#entries.get(id);
@@ -375,11 +300,16 @@ export class Registrar {
     this.removeNow([id], 'its app is gone').catch((err: unknown) => this.#o.logger.warn({ service: id, err: errSummary(err) }, 'could not deregister a service whose app is gone'));
   }
 
+  /**
+   * Maintenance, the drain wait, deregistration. Consul decides what is there to drain, not the entry's
+   * state: a pending replacement leaves the old registration in Consul, and one the agent lost or
+   * reaped answers maintenance with 404 (nothing to drain, nothing to deregister).
+   */
   async #drain(entries: readonly Entry[], call: CallOptions = {}): Promise<void> {
-    const live = entries.filter((e) => e.state !== 'pending');
-    if (live.length === 0) return;
     // Maintenance first: the instances leave `?passing` at once, so watchers stop sending before they go.
-    await Promise.all(live.map((e) => this.#o.consul.setMaintenance(e.id, true, 'tandem: draining before deregistration', call)));
+    const there = await Promise.all(entries.map((e) => this.#o.consul.setMaintenance(e.id, true, 'tandem: draining before deregistration', call).then(() => true, notThere)));
+    const live = entries.filter((_, i) => there[i]);
+    if (live.length === 0) return;
     if (this.#o.drainMs > 0) await sleep(this.#o.drainMs);
     await Promise.all(live.map((e) => this.#o.consul.deregisterService(e.id, call)));
     for (const e of live) this.#o.logger.info({ service: e.id }, 'service deregistered');
@@ -395,18 +325,16 @@ export class Registrar {
   }
 
   async #persist(): Promise<void> {
+    // Before the restore the file still holds what start() is about to load: writing now would lose it.
+    if (!this.#restored) return void (this.#unsaved = true);
     await this.#o.store.save(STATE_FILE, toStored(this.#entries.values()));
   }
+}
 
-  #markDown(err: unknown): void {
-    if (this.#consulUp !== false) this.#o.logger.warn({ consul: this.#o.consul.address, err: errSummary(err) }, 'Consul is unreachable: registrations are kept and retried');
-    this.#consulUp = false;
-  }
-
-  #markUp(): void {
-    if (this.#consulUp === false) this.#o.logger.info({ consul: this.#o.consul.address }, 'Consul is reachable again');
-    this.#consulUp = true;
-  }
+/** Maintenance refused with 404: the agent has no such service (never registered, lost, reaped). */
+function notThere(err: unknown): false {
+  if (err instanceof ConsulRejectedError && err.consulStatus === 404) return false;
+  throw err;
 }
 
 /** A write with the caller's own token cannot wait for Consul: only Consul can check that token. */
