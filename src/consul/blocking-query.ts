@@ -78,6 +78,8 @@ export class BlockingQuery<T> {
   #firstWaiters = new Set<() => void>();
   /** Set by requery(): the next read is an immediate one after this many ms. */
   #requeryInMs: number | undefined;
+  /** After an error: no read before this time (performance.now(): a wall clock set back must not stretch a backoff), whoever subscribes meanwhile. */
+  #retryAt = 0;
 
   constructor(o: BlockingQueryOptions<T>) {
     this.name = o.name;
@@ -203,6 +205,11 @@ export class BlockingQuery<T> {
 
   async #loop(signal: AbortSignal): Promise<void> {
     while (!signal.aborted && this.#wanted) {
+      // The backoff of the last error. The last subscriber leaving ends it (and the loop) at once; one
+      // arriving meanwhile, or a new loop, waits out the rest: subscribers churning during an outage
+      // must not turn the backoff into a read per churn.
+      for (let left = this.#retryAt - performance.now(); left > 0 && this.#wanted && !signal.aborted; left = this.#retryAt - performance.now()) await sleepUnlessAborted(left, this.#nap.signal);
+      if (signal.aborted || !this.#wanted) return;
       if (this.#requeryInMs !== undefined) {
         const delay = this.#requeryInMs;
         this.#requeryInMs = undefined;
@@ -221,7 +228,7 @@ export class BlockingQuery<T> {
         // change for a whole wait. Ask at once next time; the answer's index starts over.
         this.#index = 0;
         if (this.#errors === 1) this.#o.onFailing?.(true, err);
-        await sleepUnlessAborted(backoffDelay(this.#errors, { baseMs: 200, maxMs: this.#o.maxBackoffMs }), this.#nap.signal);
+        this.#retryAt = performance.now() + backoffDelay(this.#errors, { baseMs: 200, maxMs: this.#o.maxBackoffMs });
         continue;
       }
       if (signal.aborted) return;

@@ -1,6 +1,6 @@
 // The blocking-query engine and the connection budget with a fake fetch: index rules, backoff, cancellation, first-answer bound, admission.
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import { BlockingQuery, type BlockingFetch, type BlockingResult } from '../../src/consul/blocking-query.ts';
 import { ConnectionBudget } from '../../src/consul/connection-budget.ts';
 import { ConsulBudgetExhaustedError } from '../../src/consul/errors.ts';
@@ -180,4 +180,222 @@ test('shared leases cannot take the reserved room; reserved ones may use all of 
   assert.ok(budget.tryAcquire('reserved', 'r3'));
   assert.equal(budget.tryAcquire('shared', 's4'), undefined);
   assert.throws(() => new ConnectionBudget({ capacity: 2, reserved: 3 }), RangeError);
+});
+
+// Lifetimes: when the loop stops, restarts, backs off and gives up its lease. Timers are mocked where a test
+// reads delays, so it checks them to the millisecond and does not depend on how busy the machine is.
+
+/** Lets every queued microtask and I/O callback run (setImmediate is never mocked here). */
+const flush = async (rounds = 3) => {
+  for (let i = 0; i < rounds; i++) await new Promise((r) => setImmediate(r));
+};
+
+/** Mocked timers, Date, and performance.now (the backoff's monotonic clock) following the mocked Date. */
+function mockClock(t: TestContext): void {
+  t.mock.timers.enable({ apis: ['setTimeout', 'Date'], now: 0 });
+  t.mock.method(performance, 'now', () => Date.now());
+}
+
+/** The budget, counting the leases it gave out. */
+function countingBudget(capacity = 2): { budget: ConnectionBudget; acquired: () => number } {
+  const budget = new ConnectionBudget({ capacity, reserved: 0 });
+  let n = 0;
+  const tryAcquire = budget.tryAcquire.bind(budget);
+  budget.tryAcquire = (kind, owner) => {
+    n++;
+    return tryAcquire(kind, owner);
+  };
+  return { budget, acquired: () => n };
+}
+
+test('a subscriber arriving as the loop ends (after its last check, before the lease went back) starts it again', async () => {
+  const { budget, acquired } = countingBudget(1);
+  const { fetch, calls } = fakeFetch();
+  const q = query(fetch, budget);
+  q.subscribe(() => undefined)();
+  const seen: string[] = [];
+  // first() wakes inside the loop's last pass; its continuation runs after the loop returned, before its cleanup.
+  const resubscribed = q.first(1000).then(() => q.subscribe((v) => seen.push(v)));
+  (await nth(calls, 0)).answer({ index: 4, value: 'x' });
+  const stop = await resubscribed;
+  const next = await nth(calls, 1);
+  assert.equal(next.index, 4, 'a fresh loop, blocking on the index it had');
+  assert.equal(acquired(), 2, 'with a lease of its own: the old one went back');
+  assert.equal(budget.snapshot().inUse, 1);
+  assert.equal(q.state().running, true);
+  await flush();
+  assert.deepEqual(seen, ['x'], 'the new subscriber got the current value');
+  next.answer({ index: 5, value: 'y' });
+  await eventually(() => seen.length === 2, 'the next answer');
+  stop();
+  (await nth(calls, 2)).answer({ index: 6 });
+  await eventually(() => budget.snapshot().inUse === 0, 'the lease back');
+  assert.equal(q.state().running, false);
+});
+
+test('the last subscriber leaving during a backoff ends it at once: no further read, the lease back', async () => {
+  const { budget } = countingBudget();
+  const { fetch, calls } = fakeFetch();
+  const q = query(fetch, budget, { maxBackoffMs: 60_000 });
+  const stop = q.subscribe(() => undefined);
+  (await nth(calls, 0)).fail(new Error('refused'));
+  await flush();
+  assert.equal(q.state().running, true, 'backing off');
+  stop();
+  await flush();
+  assert.equal(budget.snapshot().inUse, 0, 'given back without waiting out the backoff');
+  assert.equal(q.state().running, false);
+  await new Promise((r) => setTimeout(r, 300));
+  assert.equal(calls.length, 1, 'and nothing asked after it');
+});
+
+test('a read that fails after the last subscriber left ends the loop without a backoff', async () => {
+  const { budget } = countingBudget();
+  const { fetch, calls } = fakeFetch();
+  const q = query(fetch, budget);
+  const stop = q.subscribe(() => undefined);
+  (await nth(calls, 0)).answer({ index: 3 });
+  const blocking = await nth(calls, 1);
+  stop();
+  blocking.fail(new Error('socket hang up'));
+  await flush();
+  assert.equal(budget.snapshot().inUse, 0);
+  assert.equal(calls.length, 2);
+});
+
+test('close() during a backoff ends the loop at once and refuses new subscribers', async () => {
+  const { budget } = countingBudget();
+  const { fetch, calls } = fakeFetch();
+  const q = query(fetch, budget, { maxBackoffMs: 60_000 });
+  q.subscribe(() => undefined);
+  (await nth(calls, 0)).fail(new Error('refused'));
+  await flush();
+  q.close();
+  await flush();
+  assert.equal(budget.snapshot().inUse, 0);
+  assert.equal(q.listenerCount, 0);
+  assert.throws(() => q.subscribe(() => undefined), /is closed/);
+});
+
+test('after an error the next read is immediate, and the index it answers with is used even when lower (the agent came back)', async () => {
+  const { fetch, calls } = fakeFetch();
+  const q = query(fetch);
+  const stop = q.subscribe(() => undefined);
+  (await nth(calls, 0)).answer({ index: 50 });
+  (await nth(calls, 1)).fail(new Error('agent restarting'));
+  const immediate = await nth(calls, 2);
+  assert.equal(immediate.index, 0);
+  assert.equal(q.state().index, 0);
+  immediate.fail(new Error('still restarting'));
+  assert.equal((await nth(calls, 3)).index, 0, 'an error on an immediate read keeps it immediate');
+  calls[3]?.answer({ index: 10 });
+  assert.equal((await nth(calls, 4)).index, 10, 'blocks on the new agent’s index, not the old 50');
+  calls[4]?.answer({ index: 0 });
+  assert.equal((await nth(calls, 5)).index, 0, 'backwards (to 0): an immediate read');
+  calls[5]?.answer({ index: 0 });
+  assert.equal((await nth(calls, 6)).index, 1, 'from 0, never blocking on an index below 1');
+  stop();
+  calls[6]?.answer({ index: 11 });
+});
+
+test('backoff, to the millisecond with the jitter pinned: ×2 from 200 ms, capped, started over after an answer', async (t) => {
+  mockClock(t);
+  t.mock.method(Math, 'random', () => 0); // the lower bound: half the cap
+  const { fetch, calls } = fakeFetch();
+  const failing: boolean[] = [];
+  const q = query(fetch, undefined, { maxBackoffMs: 1000, onFailing: (f) => failing.push(f) });
+  const stop = q.subscribe(() => undefined);
+  /** Fails read #n and checks the next one comes exactly `ms` later. */
+  const failThenWait = async (n: number, ms: number) => {
+    (calls[n] as Call).fail(new Error('refused'));
+    await flush();
+    t.mock.timers.tick(ms - 1);
+    await flush();
+    assert.equal(calls.length, n + 1, `read #${n + 2} not before ${ms} ms`);
+    t.mock.timers.tick(1);
+    await flush();
+    assert.equal(calls.length, n + 2, `read #${n + 2} after ${ms} ms`);
+  };
+  await flush();
+  // caps 200, 400, 800, then maxBackoffMs: waits of half of each.
+  const waits = [100, 200, 400, 500, 500];
+  for (const [i, ms] of waits.entries()) await failThenWait(i, ms);
+  assert.equal(q.state().consecutiveErrors, 5);
+  (calls[5] as Call).answer({ index: 8 });
+  await flush();
+  assert.equal(q.state().consecutiveErrors, 0);
+  await failThenWait(6, 100);
+  assert.deepEqual(failing, [true, false, true], 'each run of failures reported once, and its end');
+  stop();
+  (calls[7] as Call).answer({ index: 9 });
+  await flush();
+});
+
+test('a subscriber leaving and another arriving during a backoff do not cut it short (churn during an outage is no retry storm)', async (t) => {
+  mockClock(t);
+  t.mock.method(Math, 'random', () => 0);
+  const budget = new ConnectionBudget({ capacity: 2, reserved: 0 });
+  const { fetch, calls } = fakeFetch();
+  const q = query(fetch, budget, { maxBackoffMs: 10_000 });
+  let stop = q.subscribe(() => undefined);
+  await flush();
+  for (let i = 0; i < 3; i++) {
+    (calls[i] as Call).fail(new Error('refused'));
+    await flush();
+    if (i < 2) {
+      t.mock.timers.tick([100, 200][i] as number);
+      await flush();
+    }
+  }
+  // Backing off 400 ms after the third failure. Churn: in the same tick, and with the loop ended in between.
+  t.mock.timers.tick(100);
+  stop();
+  stop = q.subscribe(() => undefined);
+  await flush();
+  assert.equal(calls.length, 3, 'leave and join in one tick: still backing off');
+  stop();
+  await flush();
+  assert.equal(budget.snapshot().inUse, 0, 'the loop ended');
+  stop = q.subscribe(() => undefined);
+  await flush();
+  assert.equal(calls.length, 3, 'a new loop waits out what is left of the backoff too');
+  t.mock.timers.tick(299);
+  await flush();
+  assert.equal(calls.length, 3);
+  t.mock.timers.tick(1);
+  await flush();
+  assert.equal(calls.length, 4, 'the retry comes when the backoff ends');
+  stop();
+  (calls[3] as Call).answer({ index: 2 });
+  await flush();
+});
+
+test('first(): rejected exactly at its timeout, at once when the last subscriber leaves, and resolved by a later answer otherwise', async (t) => {
+  mockClock(t);
+  const { fetch, calls } = fakeFetch();
+  const q = query(fetch);
+  const stop = q.subscribe(() => undefined);
+  let outcome: unknown;
+  q.first(500).then(
+    () => (outcome = 'resolved'),
+    (err: { code?: string }) => (outcome = err.code),
+  );
+  t.mock.timers.tick(499);
+  await flush();
+  assert.equal(outcome, undefined);
+  t.mock.timers.tick(1);
+  await flush();
+  assert.equal(outcome, 'TANDEM_ERR_CATALOG_UNAVAILABLE');
+  let early: unknown;
+  q.first(60_000).catch((err: { code?: string }) => (early = err.code));
+  stop();
+  await flush();
+  assert.equal(early, 'TANDEM_ERR_CATALOG_UNAVAILABLE', 'nobody listens any more: no answer is coming for it');
+  const again = q.subscribe(() => undefined);
+  const later = q.first(60_000);
+  (calls[0] as Call).answer({ index: 2, value: 'late' });
+  assert.equal(await later, 'late');
+  again();
+  (calls[1] as Call).answer({ index: 3 });
+  await flush();
 });
