@@ -2,14 +2,14 @@
 // Every integration file starts its own Consul dev agent and sidecars on free loopback ports (test/support),
 // so files can run in parallel; what limits that is the CPU (2 cores on the machines this runs on) and
 // the tests that measure speed. So:
-// - lint and the type check (pure CPU) run at the lowest CPU priority while tests run: they fill the time
-//   the tests leave idle and never delay a test (back to normal priority once the tests are done, where
-//   the system allows it: on a machine others load too, they would otherwise wait for all of them);
-// - FILES_AT_ONCE integration files run at a time: first the CPU-bound ones (BUSY), then those that wait
-//   on real timers and Consul most of the time;
+// - the unit tests run two files at a time, and FILES_AT_ONCE integration files at a time: first the
+//   CPU-bound ones (BUSY), then those that wait on real timers and Consul most of the time;
+// - meanwhile lint and the type check (pure CPU) run at the lowest CPU priority, in the time the tests
+//   leave idle, delaying none; once the unit tests and BUSY files have ended they get normal priority
+//   back (where the system allows raising it);
 // - the files whose assertions measure latency, throughput or load shares (TIMED) run one at a time once
-//   every BUSY file has ended, beside waiting files only, so our own parallelism does not decide whether
-//   they pass.
+//   the unit tests, the BUSY files, lint and the type check have ended, beside waiting files only: our own
+//   parallelism does not decide whether they pass.
 // The build skips type checking (`--noCheck`: the same output, in half the time) because the type check
 // runs beside it on everything, src included; `npm ci` (prepare) builds with the checks. Each step's
 // output is printed when it ends; the exit status is 1 if any step failed.
@@ -113,7 +113,10 @@ if (build.ok) {
   // The SDK package test and the integration tests' child processes (bin/tandem.js, the SDK apps) use dist/.
   const unit = run('test/unit', nodeTest(2, testFiles('test/unit/')));
   const files = pool([...busy, ...waiting], FILES_AT_ONCE);
-  const timedOutcomes = chain(timed, Promise.all([unit, ...busy.map((p) => files.get(p))]));
+  const busyDone = Promise.all([unit, ...busy.map((p) => files.get(p))]).then(() => {
+    for (const pid of background) renice(pid, constants.priority.PRIORITY_NORMAL);
+  });
+  const timedOutcomes = chain(timed, Promise.all([busyDone, ...checks]));
   tests = [await unit, ...(await Promise.all(files.values())), ...(await timedOutcomes)];
 } else {
   tests = [notRun('test/unit'), ...integration.map(notRun)];

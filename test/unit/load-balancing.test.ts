@@ -6,7 +6,7 @@ import { Balancer, type BalancerEvents, type MoveReason } from '../../src/proxy/
 import type { Endpoint } from '../../src/proxy/endpoint-source.ts';
 import { EndpointSet } from '../../src/proxy/endpoint-set.ts';
 import { HealthTracker } from '../../src/proxy/balancing/health-tracker.ts';
-import { DEFAULT_RTT_MS, LoadTracker } from '../../src/proxy/balancing/load-tracker.ts';
+import { DEFAULT_DECAY_MS, DEFAULT_RTT_MS, LoadTracker } from '../../src/proxy/balancing/load-tracker.ts';
 import { OverloadedError } from '../../src/proxy/errors.ts';
 import { OutlierDetector } from '../../src/proxy/balancing/outlier-detector.ts';
 
@@ -51,7 +51,9 @@ test('load tracker: peak EWMA jumps up at once, decays with time, cost = ewma ×
 });
 
 test('least-loaded: a slow instance is rarely picked, an idle one beats a busy one', () => {
-  const loads = new LoadTracker();
+  // A frozen clock: every request here takes no time, as the loop means. On the real clock, the loop
+  // preempted on a busy machine would time a fast instance's request as slow (a peak), and shift shares.
+  const loads = new LoadTracker(DEFAULT_DECAY_MS, () => 0);
   const balancer = new Balancer(outliers(), undefined, seeded(1), { balancer: 'least-loaded', loads });
   const subset = new EndpointSet('users', [ep('fast1'), ep('fast2'), ep('slow')]).subset('', null);
   loads.observe('fast1', 2);
