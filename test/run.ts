@@ -2,9 +2,9 @@
 // Every integration file starts its own Consul dev agent and sidecars on free loopback ports (test/support),
 // so files can run in parallel; what limits that is the CPU (2 cores on the machines this runs on) and
 // the tests that measure speed. So:
-// - lint, the type check and the build start together; then the unit tests run two files at a time, and
-//   FILES_AT_ONCE integration files at a time: first the CPU-bound ones (BUSY), then those that wait on
-//   real timers and Consul most of the time;
+// - the build first (every test needs dist/, and on its own it ends sooner); then lint and the type check,
+//   the unit tests two files at a time, and FILES_AT_ONCE integration files at a time: first the CPU-bound
+//   ones (BUSY), then those that wait on real timers and Consul most of the time;
 // - the files whose assertions measure latency, throughput or load shares (TIMED) run one at a time once
 //   lint, the type check, the unit tests and the BUSY files have ended, beside waiting files only: our
 //   own parallelism does not decide whether they pass.
@@ -89,8 +89,8 @@ const busy = inOrder(integration.filter((p) => BUSY.includes(nameOf(p))), BUSY);
 const timed = inOrder(integration.filter((p) => TIMED.includes(nameOf(p))), TIMED);
 const waiting = inOrder(integration.filter((p) => !BUSY.includes(nameOf(p)) && !TIMED.includes(nameOf(p))), LONGEST);
 
-const checks = [run('lint', [bin('eslint'), '.']), run('typecheck', [bin('tsc'), '-p', 'tsconfig.json', '--noEmit'])];
 const build = await run('build', [bin('tsc'), '-p', 'tsconfig.build.json', '--noCheck']);
+const checks = [run('lint', [bin('eslint'), '.']), run('typecheck', [bin('tsc'), '-p', 'tsconfig.json', '--noEmit'])];
 let tests: Outcome[];
 if (build.ok) {
   // The SDK package test and the integration tests' child processes (bin/tandem.js, the SDK apps) use dist/.
