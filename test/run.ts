@@ -8,7 +8,7 @@
 // - the files whose assertions measure latency, throughput or load shares (TIMED) run one at a time once
 //   the unit tests and the BUSY files have ended, beside waiting files only: our own parallelism does not
 //   decide whether they pass;
-// - lint and the type check (pure CPU, no timing) run from the start at the lowest CPU priority: they use
+// - lint and the type check (pure CPU, no timing) run after the build at the lowest CPU priority: they use
 //   the CPU the tests leave idle (the TIMED files mostly wait) and delay none. Once the tests are done
 //   they get normal priority back, where the system allows it (on a machine others load too, they may
 //   have been starved until then).
