@@ -10,7 +10,6 @@ import { parseResponseHead } from './http1/response-head.ts';
 import { responseLines } from './headers.ts';
 
 export { CONTROL_PLANE_CODE } from './engine/upstream-pool.ts';
-export type { AttemptResult, HeldResponse, RequestBody } from './engine/exchange.ts';
 
 export interface ForwarderOptions {
   /** Time to wait for the upstream's response headers; beyond it, 504 (or a retry). */

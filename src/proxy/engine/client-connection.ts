@@ -60,10 +60,6 @@ export class ClientConnection {
     socket.on('close', () => this.#gone());
   }
 
-  get idle(): boolean {
-    return this.current === undefined && !this.#detached;
-  }
-
   /** The sweep found the deadline passed. */
   expire(): void {
     if (this.#detached) return;

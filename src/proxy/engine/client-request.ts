@@ -12,9 +12,6 @@ export interface BodySink {
   fail(reason: string): void;
 }
 
-/** How an answer's body is delimited on the client side. `close`: until the connection ends. */
-export type ResponseFraming = Framing;
-
 export type BodyProblem = 'framing' | 'trailers' | 'aborted';
 
 /** Reused: most answers have no `connection` line to add. */
@@ -106,7 +103,7 @@ export class ClientRequest {
    * Writes the answer's head. `lines` are header lines, each ending in CRLF (framing fields included as
    * the body needs them: `content-length`, or `transfer-encoding: chunked` when `framing` is chunked).
    */
-  writeHead(status: number, reason: string, lines: string, framing: ResponseFraming, body?: Buffer): boolean {
+  writeHead(status: number, reason: string, lines: string, framing: Framing, body?: Buffer): boolean {
     const conn = this.conn;
     // Keep-alive needs a delimited body; HTTP/1.0 clients never get chunked (the upstream was asked in 1.0).
     this.#closeFraming = framing === 'close';

@@ -106,7 +106,7 @@ function headerObject(lines: string): Record<string, string | string[]> {
 }
 
 /** The payload of a chunked body the scanner already validated: sizes and extensions dropped, data kept. */
-export function dechunk(raw: Buffer): Buffer {
+function dechunk(raw: Buffer): Buffer {
   const parts: Buffer[] = [];
   let p = 0;
   for (;;) {

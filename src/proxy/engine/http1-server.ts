@@ -59,10 +59,6 @@ export class Http1Server implements ConnectionHost {
     }
   }
 
-  get connections(): number {
-    return this.#conns.size + this.#detached.size;
-  }
-
   async listen(port: number, host: string): Promise<number> {
     await new Promise<void>((resolve, reject) => {
       this.#server.once('error', reject);

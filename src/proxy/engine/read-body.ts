@@ -4,7 +4,7 @@ import type { ClientRequest } from './client-request.ts';
 import type { RequestBody } from './exchange.ts';
 
 /** The client cut its upload (or its framing was bad) while the body was being read. */
-export class BodyCutError extends Error {}
+class BodyCutError extends Error {}
 
 /**
  * Bodies with a Content-Length up to `limit` are read into memory; chunked and larger ones stream (and
