@@ -180,6 +180,7 @@ export class Forwarder {
       extraLines: o.extraLines,
       replaySafe: o.replaySafe,
       limits: this.#o.limits,
+      closeAfter: o.versionMinor === 0,
     });
   }
 

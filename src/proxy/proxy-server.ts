@@ -11,7 +11,7 @@ import { ControlPlaneGuard } from './control-plane.ts';
 import { isLoopbackHost, type EgressPolicy } from './egress.ts';
 import type { Endpoint, EndpointSource, Subscription } from './endpoint-source.ts';
 import type { EndpointSet, Subset } from './endpoint-set.ts';
-import type { ClientConnection } from './engine/client-connection.ts';
+import { takesOver, type ClientConnection } from './engine/client-connection.ts';
 import type { ClientRequest } from './engine/client-request.ts';
 import { Http1Server } from './engine/http1-server.ts';
 import { readBody } from './engine/read-body.ts';
@@ -190,7 +190,7 @@ export class ProxyServer {
 
   async #handle(req: ClientRequest): Promise<void> {
     if (req.method === 'CONNECT') return this.#tunnels.connect(req);
-    if (req.head.isUpgrade) return this.#tunnels.upgrade(req);
+    if (takesOver(req.head)) return this.#tunnels.upgrade(req);
     const started = performance.now();
     // A request id for logs and upstream (`x-request-id`), created when the caller sent none.
     const sent = req.header('x-request-id');

@@ -119,16 +119,20 @@ export class ProxyTunnels {
       try {
         up = await c.forwarder.upgrade(picked.endpoint, target.path, lines, protocol);
       } catch (err) {
-        if ((err as { code?: string }).code === CONTROL_PLANE_CODE) {
+        const code = (err as { code?: string }).code;
+        if (code === CONTROL_PLANE_CODE) {
           c.guard.learn(picked.endpoint);
           throw new ControlPlaneError(`instance '${picked.endpoint.id}' of '${target.service}'`);
         }
-        c.report(picked.endpoint, 'failure');
-        throw new UpstreamFailedError(target.service, 1, (err as { code?: string }).code ?? (err as Error).message, { cause: err });
+        // The app declining the upgrade (401, 404...) is its answer, not a failure of the instance.
+        if (code !== 'UPGRADE_REFUSED') c.report(picked.endpoint, 'failure');
+        throw new UpstreamFailedError(target.service, 1, code === 'UPGRADE_REFUSED' ? (err as Error).message : (code ?? (err as Error).message), { cause: err });
       }
       c.report(picked.endpoint, 'success');
       if (req.gone) {
         up.socket.destroy();
+        release?.();
+        release = undefined;
         return;
       }
       let head = `HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: ${protocol}\r\n`;

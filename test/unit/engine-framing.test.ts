@@ -188,3 +188,25 @@ test('a try for a client that already left sends nothing upstream', async () => 
   await new Promise((resolve) => setTimeout(resolve, 100));
   assert.deepEqual(seen, []);
 });
+
+test('a body nobody reads yet is held only up to a bound: then the client is paused', async () => {
+  let held: import('../../src/proxy/engine/client-request.ts').ClientRequest | undefined;
+  const slow = new Http1Server({ limits: DEFAULT_HEAD_LIMITS, headersTimeoutMs: 5000, keepAliveMs: 5000, handle: (req) => void (held = req), refuse: (conn) => conn.socket.destroy() });
+  const port = await slow.listen(0, '127.0.0.1');
+  const sock = connect(port, '127.0.0.1');
+  sock.on('error', () => undefined);
+  try {
+    sock.write('POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n');
+    const chunk = Buffer.alloc(65_536, 0x61);
+    // Up to 4 MB while the handler has not read the body: the proxy must stop reading long before that.
+    for (let i = 0; i < 64 && !(held?.conn.socket.isPaused() ?? false); i++) {
+      sock.write(chunk);
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+    assert.ok(held?.conn.socket.isPaused(), 'the client socket is paused while nobody reads the body');
+  } finally {
+    sock.destroy();
+    held?.conn.socket.destroy();
+    await slow.close(0);
+  }
+});

@@ -47,6 +47,7 @@ export class ClientConnection {
   #detached = false;
   /** A tunnel was just opened: its first bytes tell whether the client speaks TLS. */
   #tunnelFresh = false;
+  #shuttingDown = false;
 
   constructor(socket: Socket, host: ConnectionHost) {
     this.socket = socket;
@@ -86,6 +87,8 @@ export class ClientConnection {
       if (n < chunk.length) this.#hold(chunk.subarray(n));
       return;
     }
+    // Ending (an answer said `connection: close`, or the server is closing): what the client sends now is not read.
+    if (req === undefined && this.closing) return;
     this.#hold(chunk);
     if (req === undefined) this.#next();
   }
@@ -138,7 +141,7 @@ export class ClientConnection {
     if (!head.keepAlive) this.closing = true;
     const req = new ClientRequest(this, head);
     this.current = req;
-    const framing: Framing = head.isUpgrade ? 'none' : head.framing;
+    const framing: Framing = takesOver(head) ? 'none' : head.framing;
     if (framing !== 'none') {
       this.#scanner = createBodyScanner(head);
       const rest = this.#buf;
@@ -177,6 +180,7 @@ export class ClientConnection {
 
   /** Stops answering new requests: an idle connection ends now, a busy one after its answer. */
   shutdown(): void {
+    this.#shuttingDown = true;
     this.closing = true;
     if (this.current === undefined && !this.#detached) this.#endSoon();
   }
@@ -185,7 +189,8 @@ export class ClientConnection {
   enterTunnel(service: string | undefined): void {
     this.tunnel = service;
     this.#tunnelFresh = service !== undefined;
-    this.closing = false;
+    // A CONNECT's own `close` does not end the tunnel; a shutdown in progress does.
+    this.closing = this.#shuttingDown;
   }
 
   /**
@@ -201,7 +206,8 @@ export class ClientConnection {
     this.#buf = undefined;
     this.socket.removeAllListeners('data');
     this.socket.removeAllListeners('end');
-    if (this.socket.isPaused()) this.socket.resume();
+    // Paused until the new owner pipes it: bytes arriving meanwhile must wait, not fall on the floor.
+    this.socket.pause();
     this.host.released(this);
     return rest;
   }
@@ -216,4 +222,12 @@ export class ClientConnection {
     this.socket.destroy();
     this.host.released(this);
   }
+}
+
+/**
+ * The socket leaves HTTP after this request: CONNECT, or a WebSocket upgrade. Other upgrades (h2c, say) are
+ * plain requests to us: the instance may ignore them, and their Upgrade fields are hop-by-hop.
+ */
+export function takesOver(head: RequestHead): boolean {
+  return head.isUpgrade && (head.method === 'CONNECT' || head.upgrade?.toLowerCase() === 'websocket');
 }

@@ -14,6 +14,9 @@ export interface BodySink {
 
 export type BodyProblem = 'framing' | 'trailers' | 'aborted';
 
+/** Body bytes held before anyone reads the body; beyond this the client is paused (readBody resumes it). */
+const EARLY_BYTES = 65_536;
+
 /** Reused: most answers have no `connection` line to add. */
 const CRLF = '\r\n';
 
@@ -43,6 +46,7 @@ export class ClientRequest {
   #onGone: (() => void) | undefined;
   #onDrain: (() => void) | undefined;
   #continued = false;
+  #earlyBytes = 0;
 
   constructor(conn: ClientConnection, head: RequestHead) {
     this.conn = conn;
@@ -64,7 +68,12 @@ export class ClientRequest {
   bodyData(chunk: Buffer): void {
     if (this.#sink) {
       if (!this.#sink.data(chunk)) this.conn.socket.pause();
-    } else (this.#early ??= []).push(chunk);
+      return;
+    }
+    // Nobody reads the body yet (the handler is still routing or queued): hold a little, then stop reading.
+    (this.#early ??= []).push(chunk);
+    this.#earlyBytes += chunk.length;
+    if (this.#earlyBytes > EARLY_BYTES) this.conn.socket.pause();
   }
 
   bodyEnd(): void {
@@ -87,7 +96,11 @@ export class ClientRequest {
     }
     const early = this.#early;
     this.#early = undefined;
-    if (early) for (const c of early) if (!sink.data(c)) this.conn.socket.pause();
+    this.#earlyBytes = 0;
+    let paused = false;
+    if (early) for (const c of early) if (!sink.data(c)) paused = true;
+    if (paused) this.conn.socket.pause();
+    else if (!this.bodyComplete) this.resumeBody();
     if (this.bodyProblem !== undefined) sink.fail(this.bodyReason);
     else if (this.bodyComplete) sink.end();
   }

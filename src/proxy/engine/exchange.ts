@@ -63,6 +63,8 @@ export interface ExchangeOptions {
   /** A close before any answer on a reused connection may be retried once on a new one (idempotent, replayable). */
   replaySafe: boolean;
   limits: HeadLimits;
+  /** The request asked the upstream to close (HTTP/1.0): its connection is not kept, whatever the answer says. */
+  closeAfter?: boolean;
 }
 
 /** A retryable answer larger than this is passed on as it streams (and not retried): holding it would cost memory. */
@@ -264,7 +266,10 @@ class Exchange implements ConnUser, BodySink {
     const c = this.#conn;
     if (!c) return;
     c.socket.pause();
-    this.#t.onDrain(() => c.socket.resume());
+    // Only while this exchange still owns the connection: once pooled, another exchange decides.
+    this.#t.onDrain(() => {
+      if (this.#conn === c) c.socket.resume();
+    });
   }
 
   onClose(): void {
@@ -284,7 +289,8 @@ class Exchange implements ConnUser, BodySink {
     if (this.#reused && !this.#gotBytes && !this.#retriedStale && this.#o.replaySafe && this.#o.body.kind !== 'stream') {
       // A reused connection the upstream closed as we wrote to it (its keep-alive timeout): once more on a new one.
       this.#retriedStale = true;
-      this.#pool.acquire(Math.max(1, this.deadline - performance.now())).then((c) => this.#send(c), (err: Error & { code?: string }) => this.#connectFailed(err));
+      // On a new connection: the other idle ones may be just as stale (the upstream restarted).
+      this.#pool.dedicated().then((c) => this.#send(c), (err: Error & { code?: string }) => this.#connectFailed(err));
       return;
     }
     this.#fail({ kind: 'failed', reason: 'ECONNRESET (closed before an answer)', timeout: false, unsent: false });
@@ -298,7 +304,7 @@ class Exchange implements ConnUser, BodySink {
   }
 
   #complete(reusable: boolean): void {
-    this.#release(reusable);
+    this.#release(reusable && this.#o.closeAfter !== true);
     this.#settle({ kind: 'done', status: (this.#head as ResponseHead).status });
     this.#t.end();
   }
