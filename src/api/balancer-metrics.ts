@@ -16,15 +16,19 @@ export function balancerMetrics(registry: Registry): BalancerEvents {
   });
   const overloaded = new Counter({ name: 'tandem_proxy_overloaded_total', help: 'Requests answered 503 TANDEM_ERR_OVERLOADED: every instance full and the queue full or timed out', labelNames: ['service'], registers });
   const moves = new Counter({ name: 'tandem_proxy_sticky_moves_total', help: 'Sticky requests not served by their ring owner, by reason (unavailable, load, full)', labelNames: ['service', 'reason'], registers });
-  const pickCounts = new Map<string, HotCount>();
+  const pickCounts = new Map<string, Map<string, HotCount>>();
   return {
     picked: (service: string, balancer: BalancerKind | 'sticky') => {
-      // Once per try: a plain number, read when Prometheus scrapes.
-      const key = `${service} ${balancer}`;
-      let c = pickCounts.get(key);
+      // Once per try: a plain number found by two lookups, read when Prometheus scrapes.
+      let byKind = pickCounts.get(service);
+      if (!byKind) {
+        byKind = new Map();
+        pickCounts.set(service, byKind);
+      }
+      let c = byKind.get(balancer);
       if (!c) {
         c = picks.child(service, balancer);
-        pickCounts.set(key, c);
+        byKind.set(balancer, c);
       }
       c.n++;
     },

@@ -75,7 +75,7 @@ export async function runFailover(d: FailoverDeps, r: FailoverRequest): Promise<
       break;
     }
     if (attempt > 0) d.retried(service);
-    let picked = pin !== undefined ? pinned(subset, service, pin, tried, r.refused) : d.acquire(subset, { stickyId: r.stickyId, exclude }, remaining);
+    let picked = pin !== undefined ? pinnedInstance(subset, service, pin, tried, r.refused) : d.acquire(subset, { stickyId: r.stickyId, exclude }, remaining);
     if (picked instanceof Promise) picked = await picked;
     if (!picked) {
       if (attempt === 0) return { kind: 'error', error: r.noneToPick(r.refused), tries, instance };
@@ -124,12 +124,11 @@ export async function runFailover(d: FailoverDeps, r: FailoverRequest): Promise<
   return { kind: 'error', error: new UpstreamFailedError(service, tried.size, why), tries, instance };
 }
 
-function pinned(subset: Subset, service: string, id: string, tried: ReadonlySet<string>, refused: ReadonlySet<string>): Picked | undefined {
+/** A pinned instance (`X-Tandem-Instance`), or undefined once tried; throws when it is refused or not healthy in range. */
+export function pinnedInstance(subset: Subset, service: string, id: string, tried: ReadonlySet<string>, refused: ReadonlySet<string>): Picked | undefined {
   if (tried.has(id)) return undefined;
   if (refused.has(id)) throw new ControlPlaneError(`instance '${id}' of '${service}'`);
   const e = subset.byId.get(id);
   if (!e || !e.healthy) throw new InstanceNotFoundError(service, id);
   return { endpoint: e, moved: false };
 }
-
-export { pinned as pinnedInstance };

@@ -25,8 +25,8 @@ import { parseTimeout, upstreamRequestLines } from './headers.ts';
 import type { HeadError } from './http1/head-types.ts';
 import { NO_OBSERVER, type ProxyObserver, type RequestOutcome } from './proxy-observer.ts';
 import { ProxyTunnels } from './proxy-tunnels.ts';
-import { writeRawError } from './raw-errors.ts';
-import { clientGone, errorLines, extraLines, toTandemError } from './responses.ts';
+import { errorLines, writeRawError } from './raw-errors.ts';
+import { clientGone, extraLines, toTandemError } from './responses.ts';
 import type { RoutingTable } from './routing-table.ts';
 import { foreignTarget, parseTarget, parseTunnelTarget, type Target } from './target.ts';
 

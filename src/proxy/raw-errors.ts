@@ -1,7 +1,13 @@
 // Errors answered on a raw socket (parser errors, CONNECT, failed upgrades), shared by the proxy and the control API.
 import { STATUS_CODES } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { HeadersTooLargeError, TandemError } from './errors.ts';
+import { HeadersTooLargeError, OverloadedError, TandemError } from './errors.ts';
+
+/** Error answers' header lines (the body is JSON in the error shape): the one place they are written. */
+export function errorLines(e: TandemError): string {
+  const retry = e instanceof OverloadedError ? `retry-after: ${e.retryAfterS}\r\n` : '';
+  return `content-type: application/json; charset=utf-8\r\nx-tandem-error: ${e.code}\r\n${retry}`;
+}
 
 /** Answers in the error shape on a raw socket and closes it for good. */
 export function writeRawError(socket: Duplex, e: TandemError): void {
@@ -12,7 +18,7 @@ export function writeRawError(socket: Duplex, e: TandemError): void {
   const body = JSON.stringify(e.toBody());
   // Destroy once written: waiting for the client's FIN on a paused socket would hold it open forever.
   socket.end(
-    `HTTP/1.1 ${e.statusCode} ${STATUS_CODES[e.statusCode] ?? 'Error'}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\nx-tandem-error: ${e.code}\r\nconnection: close\r\n\r\n${body}`,
+    `HTTP/1.1 ${e.statusCode} ${STATUS_CODES[e.statusCode] ?? 'Error'}\r\n${errorLines(e)}content-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
     () => socket.destroy(),
   );
   setTimeout(() => socket.destroy(), 5000).unref();

@@ -1,14 +1,8 @@
-// The small pieces every proxy answer shares: error header lines, Tandem's own response lines, who left.
+// The small pieces every proxy answer shares: Tandem's own response lines, who left, errors as TandemErrors.
 import type { Picked } from './balancing/balancer.ts';
 import type { Endpoint } from './endpoint-source.ts';
 import type { ClientRequest } from './engine/client-request.ts';
-import { OverloadedError, TandemError } from './errors.ts';
-
-/** Error answers' header lines (the body is JSON in the error shape). */
-export function errorLines(e: TandemError): string {
-  const retry = e instanceof OverloadedError ? `retry-after: ${e.retryAfterS}\r\n` : '';
-  return `content-type: application/json; charset=utf-8\r\nx-tandem-error: ${e.code}\r\n${retry}`;
-}
+import { TandemError } from './errors.ts';
 
 /** The client left: its connection is gone, or its upload was cut. */
 export function clientGone(req: ClientRequest): boolean {
